@@ -1,0 +1,1 @@
+"""Inference and judging: zero-shot QA and the video generative benchmark."""

@@ -1,0 +1,1 @@
+"""Stage one: decode videos, run the frozen vision encoder, cache frame tokens to HDF5."""

@@ -1,0 +1,202 @@
+"""Decoding in worker processes that may hang, crash or leak without taking the run down.
+
+decord is unmaintained: on some files it hangs while holding the GIL, segfaults, or leaks
+memory. So each worker is a separate (spawned) process that decodes one video at a time,
+samples its frames, applies the backbone's resize/crop (uint8 out, so little crosses the pipe)
+and sends the result back. The parent kills a worker that exceeds the per-video timeout,
+replaces a worker that died, and recycles every worker after ``recycle_after`` videos.
+While the parent encodes one video, the workers are already decoding the next ones.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+import numpy as np
+
+from redvillm.frames import FramePreprocess
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    video_id: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    num_frames: int
+    sampling_rule: str
+    short_videos: str
+    preprocess: FramePreprocess
+    chunk: int = 16  # frames decoded and resized at once: bounds worker memory on 4K video
+
+
+@dataclass
+class DecodeResult:
+    job: DecodeJob
+    frames: np.ndarray | None = None  # (T, 3, h, w) uint8, preprocessed geometry
+    meta: dict = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict]:
+    """Sample and resize one video's frames: ((T, 3, h, w) uint8, per-video metadata)."""
+    import decord
+    import torch
+
+    from redvillm.extract.sampling import sample_indices
+    from redvillm.frames import resize_and_crop
+
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    total = len(reader)
+    if total == 0:
+        raise ValueError("no decodable video frames")
+    indices = sample_indices(total, settings.num_frames, settings.sampling_rule, settings.short_videos)
+    parts = []
+    for start in range(0, len(indices), settings.chunk):
+        batch = reader.get_batch(indices[start : start + settings.chunk].tolist()).asnumpy()  # (c, H, W, 3)
+        parts.append(resize_and_crop(torch.from_numpy(batch), settings.preprocess))
+    height, width = batch.shape[1:3]
+    fps = float(reader.get_avg_fps())
+    meta = {
+        "frame_indices": indices.astype(np.int64),
+        "source_frames": total,
+        "source_fps": fps,
+        "duration_s": total / fps if fps > 0 else 0.0,
+        "height": int(height),
+        "width": int(width),
+    }
+    return torch.cat(parts).numpy(), meta
+
+
+def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # parallelism comes from the number of workers
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        started = time.perf_counter()
+        try:
+            frames, meta = decode_video(job.path, settings)
+            conn.send(DecodeResult(job, frames, meta, seconds=time.perf_counter() - started))
+        except Exception as err:  # noqa: BLE001 - any decoder error is a per-video failure
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            conn.send(DecodeResult(job, error=reason.rstrip(": "), seconds=time.perf_counter() - started))
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    conn: Connection
+    job: DecodeJob | None = None
+    started: float = 0.0
+    handled: int = 0
+
+
+class DecodePool:
+    """``imap(jobs)`` yields a DecodeResult per job, in completion order."""
+
+    def __init__(self, settings: DecodeSettings, num_workers: int = 2, timeout: float = 120.0,
+                 recycle_after: int = 100):
+        self.settings, self.timeout, self.recycle_after = settings, timeout, recycle_after
+        self._ctx = mp.get_context("spawn")  # never fork a parent holding torch threads or CUDA
+        self._workers = [self._spawn() for _ in range(max(1, num_workers))]
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(child, self.settings), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[DecodeResult]:
+        pending = iter(jobs)
+        exhausted = False
+        while True:
+            for i, worker in enumerate(self._workers):
+                if worker.job is None and not exhausted:
+                    job = next(pending, None)
+                    if job is None:
+                        exhausted = True
+                    else:
+                        worker = self._workers[i] = self._fresh(worker)
+                        worker.conn.send(job)
+                        worker.job, worker.started = job, time.perf_counter()
+            busy = [w for w in self._workers if w.job is not None]
+            if not busy:
+                return
+            ready = wait([w.conn for w in busy], timeout=self._next_deadline(busy))
+            for worker in busy:
+                if worker.conn in ready:
+                    yield self._receive(worker)
+                elif time.perf_counter() - worker.started > self.timeout:
+                    yield self._kill(worker, f"decode timed out after {self.timeout:g}s (worker killed)")
+
+    def _next_deadline(self, busy: list[_Worker]) -> float:
+        now = time.perf_counter()
+        return max(0.01, min(w.started + self.timeout - now for w in busy))
+
+    def _receive(self, worker: _Worker) -> DecodeResult:
+        job = worker.job
+        try:
+            result = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.process.join(timeout=5)
+            return self._kill(worker, f"decoder process died (exit code {worker.process.exitcode})")
+        worker.job, worker.handled = None, worker.handled + 1
+        assert result.job == job
+        return result
+
+    def _kill(self, worker: _Worker, reason: str) -> DecodeResult:
+        job = worker.job
+        worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        index = self._workers.index(worker)
+        self._workers[index] = self._spawn()
+        return DecodeResult(job, error=reason, seconds=time.perf_counter() - worker.started)
+
+    def _fresh(self, worker: _Worker) -> _Worker:
+        """Replace a worker that has decoded enough videos to have leaked noticeably."""
+        if worker.handled < self.recycle_after:
+            return worker
+        self._stop(worker)
+        return self._spawn()
+
+    def _stop(self, worker: _Worker) -> None:
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+        worker.process.join(timeout=5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.job is not None:
+                worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+            else:
+                self._stop(worker)
+        self._workers = []
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

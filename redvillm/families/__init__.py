@@ -1,0 +1,1 @@
+"""Model-family adapters: one file per image-LLM family, picked from config.model_type."""

@@ -1,0 +1,46 @@
+"""The surface every model family offers the three stages.
+
+A family adapter hides how one image-LLM architecture (LLaVA, Qwen2-VL, DeepSeek-VL, ...) is
+laid out in transformers: which processor numbers define a frame, which vision layer and token
+selection the image LLM feeds its projector, and (for stage two) where the projector and the
+image placeholder live. Stages talk only to this Protocol.
+
+Shape letters: B batch of frames, N patches per frame, D vision width.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from redvillm.frames import FramePreprocess
+
+
+class Family(Protocol):
+    """One image-LLM checkpoint seen through its family's adapter."""
+
+    name: str  # "llava", ...
+    model: str  # hub id or local directory, as the user gave it
+    revision: str | None  # resolved commit hash when the checkpoint came from the hub
+
+    def frame_preprocess(self) -> FramePreprocess:
+        """The backbone's own image preprocessing, as numbers."""
+        ...
+
+    def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> FrameEncoder:
+        """The frozen vision encoder with the backbone's layer/token selection, in eval mode."""
+        ...
+
+    def vision_provenance(self) -> dict[str, Any]:
+        """What makes cached tokens specific to this backbone (layer, strategy, ...)."""
+        ...
+
+
+class FrameEncoder(Protocol):
+    """(B, 3, H, W) pixel values -> (B, N, D) frame tokens, exactly what the projector sees."""
+
+    num_patches: int  # N
+    hidden_size: int  # D
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor: ...

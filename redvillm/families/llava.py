@@ -1,0 +1,106 @@
+"""LLaVA (transformers' LlavaForConditionalGeneration): llava-1.5 at 336 px, llava-1 style at 224 px.
+
+What the image LLM feeds its projector (modeling_llava.get_image_features): the vision tower's
+hidden_states[vision_feature_layer] (a list of layers is concatenated along D), minus the CLS
+token when vision_feature_select_strategy == "default". The frame encoder below reproduces
+exactly that and stops the tower at the deepest layer it needs (llava-1.5 skips the last one).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, LlavaForConditionalGeneration
+
+from redvillm.families.common import freeze, load_submodule_state, positive_layer_index
+from redvillm.frames import FramePreprocess
+
+log = logging.getLogger(__name__)
+
+_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
+
+
+class LlavaFrameEncoder(nn.Module):
+    """(B, 3, H, W) -> (B, N, D): LLaVA's selected vision features for each frame."""
+
+    def __init__(self, tower: nn.Module, feature_layer: int | list[int], strategy: str):
+        super().__init__()
+        layers = _encoder_layers(tower)
+        wanted = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+        self.positions = [positive_layer_index(i, len(layers)) for i in wanted]
+        # Layers after the deepest selected one cannot change the selected features.
+        del layers[max(self.positions):]
+        self.tower = freeze(tower)
+        self.drop_cls = strategy == "default"
+        with torch.inference_mode():
+            probe = self._features(torch.zeros(1, 3, *_tower_image_hw(tower), dtype=_dtype(tower)))
+        self.num_patches, self.hidden_size = probe.shape[1], probe.shape[2]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._features(pixel_values)
+
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        selected = [hidden[p][:, 1:] if self.drop_cls else hidden[p] for p in self.positions]
+        return torch.cat(selected, dim=-1)  # (B, N, D)
+
+
+class LlavaFamily:
+    name = "llava"
+
+    def __init__(self, model: str, config, revision: str | None = None):
+        self.model = model
+        self.config = config
+        self.revision = revision or getattr(config, "_commit_hash", None)
+        self._image_processor = AutoImageProcessor.from_pretrained(model, revision=revision)
+
+    def frame_preprocess(self) -> FramePreprocess:
+        return FramePreprocess.from_hf(self._image_processor)
+
+    def vision_provenance(self) -> dict:
+        return {
+            "vision_model_type": self.config.vision_config.model_type,
+            "vision_feature_layer": self.config.vision_feature_layer,
+            "vision_feature_select_strategy": self.config.vision_feature_select_strategy,
+        }
+
+    def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> LlavaFrameEncoder:
+        tower = self._load_tower()
+        encoder = LlavaFrameEncoder(
+            tower.to(device=device, dtype=dtype),
+            self.config.vision_feature_layer,
+            self.config.vision_feature_select_strategy,
+        )
+        return encoder
+
+    def _load_tower(self) -> nn.Module:
+        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
+        if state:
+            tower = AutoModel.from_config(self.config.vision_config)
+            missing, unexpected = tower.load_state_dict(state, strict=False)
+            if not missing and not unexpected:
+                return tower
+            log.info("vision tower keys differ from the checkpoint's (%d missing, %d unexpected); "
+                     "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
+        full = LlavaForConditionalGeneration.from_pretrained(self.model, revision=self.revision)
+        return full.model.vision_tower
+
+
+def _encoder_layers(tower: nn.Module) -> nn.ModuleList:
+    for name, module in tower.named_modules():
+        if name.endswith("encoder.layers") and isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(f"cannot find the encoder layers of {type(tower).__name__}")
+
+
+def _tower_image_hw(tower: nn.Module) -> tuple[int, int]:
+    size = tower.config.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+

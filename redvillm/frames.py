@@ -1,0 +1,142 @@
+"""Frame preprocessing: the backbone's own image preprocessing, batched in torch.
+
+An image LLM's processor works on one PIL image at a time (pad to square, resize, centre crop,
+rescale, normalise). For a video we apply exactly the same steps to a (F, H, W, 3) uint8 batch
+with torch, in two halves:
+
+- ``resize_and_crop`` (geometry, uint8 in and out) runs in the decode workers, so what crosses
+  the process boundary is the small cropped frame, not the full decoded one;
+- ``normalize`` (rescale + mean/std) runs next to the encoder, on its device and dtype.
+
+Resizing uses torch's antialiased bicubic/bilinear filter, which follows Pillow's separable
+filter, and rounds to uint8 as Pillow does; the result matches the backbone's own processor to
+within a level or two (tests/test_frames.py holds it to that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+# Pillow's resample codes, as stored in HF preprocessor configs.
+_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+@dataclass(frozen=True)
+class FramePreprocess:
+    """Numbers that define one backbone's image preprocessing (read from its HF processor)."""
+
+    shortest_edge: int | None  # resize so the short side has this length (aspect kept) ...
+    resize_hw: tuple[int, int] | None  # ... or resize to exactly (height, width)
+    crop_hw: tuple[int, int] | None  # centre crop after the resize, or None
+    resample: Literal["bicubic", "bilinear"]
+    pad_to_square: bool  # LLaVA's "pad" aspect mode: pad with the mean colour first
+    rescale_factor: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self):
+        if (self.shortest_edge is None) == (self.resize_hw is None):
+            raise ValueError("FramePreprocess needs exactly one of shortest_edge or resize_hw")
+
+    @classmethod
+    def from_hf(cls, processor) -> FramePreprocess:
+        """Read the numbers off a transformers image processor (slow, PIL or fast variant)."""
+        size = _as_dict(processor.size) if getattr(processor, "do_resize", True) else {}
+        if not size:
+            raise ValueError(f"{type(processor).__name__} does not resize; redvillm needs a fixed frame size")
+        crop = _as_dict(processor.crop_size) if getattr(processor, "do_center_crop", False) else None
+        resample = getattr(processor, "resample", 3)
+        resample = _PIL_RESAMPLE.get(int(getattr(resample, "value", resample)))
+        if resample is None:
+            raise ValueError(f"unsupported resample mode {processor.resample!r}: bicubic or bilinear only")
+        mean = tuple(float(x) for x in processor.image_mean)
+        std = tuple(float(x) for x in processor.image_std)
+        return cls(
+            shortest_edge=size.get("shortest_edge"),
+            resize_hw=(size["height"], size["width"]) if size.get("height") else None,
+            crop_hw=(crop["height"], crop["width"]) if crop else None,
+            resample=resample,
+            pad_to_square=bool(getattr(processor, "do_pad", False)),
+            rescale_factor=float(processor.rescale_factor) if processor.do_rescale else 1.0,
+            mean=mean if processor.do_normalize else (0.0, 0.0, 0.0),
+            std=std if processor.do_normalize else (1.0, 1.0, 1.0),
+        )
+
+    def output_hw(self, height: int, width: int) -> tuple[int, int]:
+        """Height and width of a frame of size (height, width) after preprocessing."""
+        if self.crop_hw is not None:
+            return self.crop_hw
+        if self.pad_to_square:
+            height = width = max(height, width)
+        return self._resized_hw(height, width)
+
+    def fixed_output_hw(self) -> tuple[int, int] | None:
+        """The output size if it does not depend on the input's aspect ratio, else None."""
+        if self.crop_hw is not None or self.resize_hw is not None:
+            return self.output_hw(1, 1)
+        return (self.shortest_edge, self.shortest_edge) if self.pad_to_square else None
+
+    def _resized_hw(self, height: int, width: int) -> tuple[int, int]:
+        if self.resize_hw is not None:
+            return self.resize_hw
+        # Same arithmetic as transformers' get_resize_output_image_size(default_to_square=False).
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def _as_dict(size) -> dict:
+    if hasattr(size, "items"):
+        return {k: v for k, v in size.items() if v is not None}
+    return {k: v for k, v in vars(size).items() if v is not None}
+
+
+def resize_and_crop(frames: torch.Tensor, spec: FramePreprocess) -> torch.Tensor:
+    """(F, H, W, 3) uint8 RGB -> (F, 3, h, w) uint8, the backbone's geometry applied."""
+    x = frames.permute(0, 3, 1, 2)  # (F, 3, H, W)
+    if spec.pad_to_square:
+        x = _pad_to_square(x, spec.mean)
+    height, width = x.shape[-2:]
+    new_hw = spec._resized_hw(height, width)
+    if new_hw != (height, width):
+        resized = F.interpolate(x.float(), size=new_hw, mode=spec.resample, antialias=True, align_corners=False)
+        x = resized.round_().clamp_(0, 255).to(torch.uint8)
+    if spec.crop_hw is not None:
+        x = _center_crop(x, spec.crop_hw)
+    return x.contiguous()
+
+
+def normalize(frames: torch.Tensor, spec: FramePreprocess, dtype: torch.dtype) -> torch.Tensor:
+    """(F, 3, h, w) uint8 -> (F, 3, h, w) pixel values in `dtype`, on the frames' device."""
+    x = frames.float() * spec.rescale_factor
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(dtype)
+
+
+def _pad_to_square(x: torch.Tensor, mean: tuple[float, float, float]) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    if height == width:
+        return x
+    side = max(height, width)
+    fill = torch.tensor([int(m * 255) for m in mean], dtype=x.dtype).view(1, 3, 1, 1)
+    out = fill.expand(x.shape[0], 3, side, side).clone()
+    top, left = (side - height) // 2, (side - width) // 2
+    out[..., top : top + height, left : left + width] = x
+    return out
+
+
+def _center_crop(x: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    crop_h, crop_w = crop_hw
+    if crop_h > height or crop_w > width:
+        # transformers pads with zeros when the crop is larger than the image; so do we.
+        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        height, width = x.shape[-2:]
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return x[..., top : top + crop_h, left : left + crop_w]

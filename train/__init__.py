@@ -1,0 +1,1 @@
+"""Stage two: pool cached tokens and train the projector + temporal module."""
