@@ -9,8 +9,8 @@ with torch, in two halves:
 - ``normalize`` (rescale + mean/std) runs next to the encoder, on its device and dtype.
 
 Resizing uses torch's antialiased bicubic/bilinear filter, which follows Pillow's separable
-filter, and rounds to uint8 as Pillow does; the result matches the backbone's own processor to
-within a level or two (tests/test_frames.py holds it to that).
+filter, in Pillow's two passes with its rounding to uint8 after each; the result matches the
+backbone's own processor to within one uint8 level on rare pixels (tests/test_frames.py).
 """
 
 from __future__ import annotations
@@ -103,8 +103,10 @@ def resize_and_crop(frames: torch.Tensor, spec: FramePreprocess) -> torch.Tensor
     height, width = x.shape[-2:]
     new_hw = spec._resized_hw(height, width)
     if new_hw != (height, width):
-        resized = F.interpolate(x.float(), size=new_hw, mode=spec.resample, antialias=True, align_corners=False)
-        x = resized.round_().clamp_(0, 255).to(torch.uint8)
+        # Pillow resamples in two separable passes, horizontal first, rounding and clipping to
+        # uint8 in between; doing the same keeps bicubic overshoot at hard edges identical.
+        x = _resample(x, (height, new_hw[1]), spec.resample)
+        x = _resample(x, new_hw, spec.resample)
     if spec.crop_hw is not None:
         x = _center_crop(x, spec.crop_hw)
     return x.contiguous()
@@ -116,6 +118,13 @@ def normalize(frames: torch.Tensor, spec: FramePreprocess, dtype: torch.dtype) -
     mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).to(dtype)
+
+
+def _resample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    resized = F.interpolate(x.float(), size=size, mode=mode, antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _pad_to_square(x: torch.Tensor, mean: tuple[float, float, float]) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Synthetic data and tiny models for tests and demos (no downloads)."""
