@@ -28,6 +28,14 @@ def ours_projected(model_dir, model, pixel_values):
         return tokens, model.model.multi_modal_projector(tokens)
 
 
+def wrap_recording(load, calls):
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return load(*args, **kwargs)
+
+    return recorded
+
+
 def check_parity(model_dir):
     pixel_values = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     model, reference = reference_image_features(model_dir, pixel_values)
@@ -48,7 +56,7 @@ def test_layer_list_and_full_strategy(tmp_path, layer, strategy, shape):
     assert check_parity(model_dir).shape == shape
 
 
-def test_legacy_and_sharded_checkpoint_layouts(tiny_llava, tmp_path):
+def test_legacy_and_sharded_checkpoint_layouts(tiny_llava, tmp_path, monkeypatch):
     """llava-hf checkpoints on the hub keep transformers-4 key names and are sharded."""
     legacy = tmp_path / "legacy"
     legacy.mkdir()
@@ -58,7 +66,7 @@ def test_legacy_and_sharded_checkpoint_layouts(tiny_llava, tmp_path):
     state = load_file(tiny_llava / "model.safetensors")
     renamed = {}
     for key, value in state.items():
-        key = key.replace("model.language_model.", "language_model.model.").replace("model.vision_tower.", "vision_tower.")
+        key = key.replace("model.language_model.", "language_model.model.").replace("model.vision_tower.", "vision_tower.vision_model.")
         key = key.replace("model.multi_modal_projector.", "multi_modal_projector.")
         renamed[key.replace("lm_head.", "language_model.lm_head.")] = value
     keys = sorted(renamed)
@@ -70,4 +78,8 @@ def test_legacy_and_sharded_checkpoint_layouts(tiny_llava, tmp_path):
     # The vision tower alone is read from the shards, under its legacy prefix.
     tower_state = load_submodule_state(str(legacy), ("model.vision_tower.", "vision_tower."))
     assert tower_state and all(k.startswith("vision_model.") for k in tower_state)
+    loaded = []
+    monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained",
+                        wrap_recording(LlavaForConditionalGeneration.from_pretrained, loaded))
     check_parity(legacy)
+    assert len(loaded) == 1  # the reference's full load only: ours read the tower alone

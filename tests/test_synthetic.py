@@ -24,6 +24,7 @@ requires the time-averaged probe to catch each leak.
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import decord
@@ -137,7 +138,7 @@ def test_labels_agree_with_decoded_pixels(small_set):
             slope = np.corrcoef(np.arange(len(xs)), xs)[0, 1]
             assert (slope > 0.9) if spec.label == "right" else (slope < -0.9), spec
         elif spec.task == "order":
-            named = [n for n in PALETTE if n in spec.question]
+            named = [word for word in re.findall(r"\w+", spec.question) if word in PALETTE]
             assert len(named) == 2 and spec.label in named
             onset = {n: np.argmax(counts[n] > counts[n].max() / 2) for n in named}
             assert min(onset, key=onset.get) == spec.label and len(set(onset.values())) == 2

@@ -49,6 +49,11 @@ def _weight_files(model: str, revision: str | None) -> list[str]:
     return [single]
 
 
+def strip_prefix(state: dict, prefix: str) -> dict:
+    """The state with `prefix` removed from every key that has it."""
+    return {k.removeprefix(prefix): v for k, v in state.items()}
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """Eval mode, no gradients: the frozen parts of the video LLM."""
     module.eval()

@@ -12,9 +12,9 @@ import logging
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, LlavaForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModel, LlavaForConditionalGeneration
 
-from redvillm.families.common import freeze, load_submodule_state, positive_layer_index
+from redvillm.families.common import freeze, load_submodule_state, positive_layer_index, strip_prefix
 from redvillm.frames import FramePreprocess
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,12 @@ class LlavaFamily:
         state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
         if state:
             tower = AutoModel.from_config(self.config.vision_config)
-            missing, unexpected = tower.load_state_dict(state, strict=False)
-            if not missing and not unexpected:
-                return tower
+            # Checkpoints saved by transformers 4 nest CLIP/SigLIP weights under "vision_model."
+            # (transformers 5 drops that prefix when it loads them: so do we).
+            for candidate in (state, strip_prefix(state, "vision_model.")):
+                missing, unexpected = tower.load_state_dict(candidate, strict=False)
+                if not missing and not unexpected:
+                    return tower
             log.info("vision tower keys differ from the checkpoint's (%d missing, %d unexpected); "
                      "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
         full = LlavaForConditionalGeneration.from_pretrained(self.model, revision=self.revision)
