@@ -1,6 +1,7 @@
 """Our frame encoder feeds the projector exactly what LLaVA's own get_image_features feeds it."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -64,11 +65,17 @@ def test_legacy_and_sharded_checkpoint_layouts(tiny_llava, tmp_path, monkeypatch
         if path.name != "model.safetensors":
             (legacy / path.name).write_bytes(path.read_bytes())
     state = load_file(tiny_llava / "model.safetensors")
+    legacy_names = [  # what llava-hf's checkpoints, saved by transformers 4, call things
+        (r"^(model\.)?vision_tower\.(vision_model\.)?", "vision_tower.vision_model."),
+        (r"^(model\.)?language_model\.(model\.)?", "language_model.model."),
+        (r"^(model\.)?multi_modal_projector\.", "multi_modal_projector."),
+        (r"^lm_head\.", "language_model.lm_head."),
+    ]
     renamed = {}
     for key, value in state.items():
-        key = key.replace("model.language_model.", "language_model.model.").replace("model.vision_tower.", "vision_tower.vision_model.")
-        key = key.replace("model.multi_modal_projector.", "multi_modal_projector.")
-        renamed[key.replace("lm_head.", "language_model.lm_head.")] = value
+        for pattern, replacement in legacy_names:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
     keys = sorted(renamed)
     halves = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
     for name, part in halves.items():

@@ -184,7 +184,8 @@ def test_failed_run_leaves_no_half_written_files(tmp_path, monkeypatch):
 
 
 def test_cli_writes_and_summarises(tmp_path, capsys):
-    main([str(tmp_path / "cli out"), "--num-videos", "2", "--tasks", "direction", "--num-frames", "8", "--size", "32"])
+    flags = ["--num-videos", "2", "--tasks", "direction", "--num-frames", "8", "--size", "32"]
+    main([str(tmp_path / "cli out"), *flags])
     summary = capsys.readouterr().out.strip()
     assert "wrote 2 videos" in summary and "\n" not in summary
     assert len(json.loads((tmp_path / "cli out" / "qa.json").read_text())) == 2
@@ -249,7 +250,7 @@ def time_aware(features: np.ndarray) -> np.ndarray:
     return np.concatenate([quarter.mean(0) for quarter in np.array_split(features, 4)])  # (4D,)
 
 
-def pair_probe_accuracy(x: np.ndarray, labels: list[str], twin_labels: list[str], folds=10, ridge=10.0) -> float:
+def pair_probe_accuracy(x: np.ndarray, labels: list, twin_labels: list, folds=10, ridge=10.0) -> float:
     """Held-out accuracy of "label or twin's label?" from features x (V, D); rows come in twin pairs."""
     classes = sorted(set(labels) | set(twin_labels))
     y = np.eye(len(classes))[[classes.index(label) for label in labels]]  # (V, C)
@@ -260,7 +261,8 @@ def pair_probe_accuracy(x: np.ndarray, labels: list[str], twin_labels: list[str]
         mean, std = x[train].mean(0), x[train].std(0) + 1e-6
         x_train, x_test = (x[train] - mean) / std, (x[test] - mean) / std
         # Ridge in its dual form: fewer videos than features.
-        alpha = np.linalg.solve(x_train @ x_train.T + ridge * np.eye(train.sum()), y[train] - y[train].mean(0))
+        gram = x_train @ x_train.T + ridge * np.eye(train.sum())  # (V_train, V_train)
+        alpha = np.linalg.solve(gram, y[train] - y[train].mean(0))
         scores = x_test @ (x_train.T @ alpha)  # (V_test, C)
         for row, label, twin in zip(scores, np.array(labels)[test], np.array(twin_labels)[test]):
             margin = row[classes.index(label)] - row[classes.index(twin)]
