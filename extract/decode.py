@@ -11,6 +11,7 @@ While the parent encodes one video, the workers are already decoding the next on
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,8 +92,16 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
             frames, meta = decode_video(job.path, settings)
             conn.send(DecodeResult(job, frames, meta, seconds=time.perf_counter() - started))
         except Exception as err:  # noqa: BLE001 - any decoder error is a per-video failure
-            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-            conn.send(DecodeResult(job, error=reason.rstrip(": "), seconds=time.perf_counter() - started))
+            conn.send(DecodeResult(job, error=explain(err), seconds=time.perf_counter() - started))
+
+
+def explain(err: Exception) -> str:
+    """One readable line for a decoder error (decord's carry a timestamp and a C++ source line)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = re.sub(r"^\[[\d:]+\] \S+:\d+: (Check failed: .*? ERROR )?", "", text)
+    if "cannot find video stream" in text:
+        return "no video stream (audio-only file, or not a video)"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 @dataclass

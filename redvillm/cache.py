@@ -79,7 +79,7 @@ class CacheInfo:
         for key in ("redvillm_version", "extra"):
             mine.pop(key), theirs.pop(key)
         for key, value in mine.items():
-            if json.dumps(value) != json.dumps(theirs[key]):
+            if json.dumps(value, sort_keys=True) != json.dumps(theirs[key], sort_keys=True):
                 return f"{key} is {theirs[key]!r} there, {value!r} here"
         return None
 
