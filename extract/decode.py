@@ -11,7 +11,9 @@ While the parent encodes one video, the workers are already decoding the next on
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,7 +57,9 @@ def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict
     from redvillm.extract.sampling import sample_indices
     from redvillm.frames import resize_and_crop
 
-    if path.stat().st_size == 0:
+    if not path.exists():
+        raise FileNotFoundError("file not found")
+    if path.is_file() and path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     total = len(reader)
@@ -83,25 +87,48 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
     import torch
 
     torch.set_num_threads(1)  # parallelism comes from the number of workers
+    _capture_native_stderr()
     while True:
         job = conn.recv()
         if job is None:
             return
         started = time.perf_counter()
+        os.ftruncate(2, 0)
+        os.lseek(2, 0, os.SEEK_SET)
         try:
             frames, meta = decode_video(job.path, settings)
             conn.send(DecodeResult(job, frames, meta, seconds=time.perf_counter() - started))
         except Exception as err:  # noqa: BLE001 - any decoder error is a per-video failure
-            conn.send(DecodeResult(job, error=explain(err), seconds=time.perf_counter() - started))
+            conn.send(DecodeResult(job, error=explain(err, _native_messages()), seconds=time.perf_counter() - started))
 
 
-def explain(err: Exception) -> str:
+def _capture_native_stderr() -> None:
+    """FFmpeg and decord print to fd 2 from C; keep it out of the user's terminal and use it
+    to explain failures instead. The file is unlinked at once: nothing is left behind."""
+    fd, name = tempfile.mkstemp(prefix="redvillm-decode-", suffix=".log")
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.unlink(name)
+
+
+def _native_messages() -> list[str]:
+    size = os.lseek(2, 0, os.SEEK_CUR)
+    text = os.pread(2, min(size, 1 << 16), max(0, size - (1 << 16))).decode("utf-8", "replace")
+    # "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55f9] moov atom not found" -> "moov atom not found"
+    lines = [re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\] ", "", line).strip() for line in text.splitlines()]
+    return [line for line in lines if line and not re.match(r"^\[[\d:]+\] ", line)]
+
+
+def explain(err: Exception, native: list[str] = ()) -> str:
     """One readable line for a decoder error (decord's carry a timestamp and a C++ source line)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     text = re.sub(r"^\[[\d:]+\] \S+:\d+: (Check failed: .*? ERROR )?", "", text)
     if "cannot find video stream" in text:
         return "no video stream (audio-only file, or not a video)"
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    if text.startswith("Error reading") and native:
+        return f"not a readable video: {native[-1]}"
+    reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return f"{reason} ({native[-1]})" if native else reason
 
 
 @dataclass

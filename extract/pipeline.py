@@ -116,7 +116,7 @@ def _handle(result: DecodeResult, encoder, cfg, store, writer, summary, dist_inf
         failure = Failure.of(job.video_id, job.path, result.error)
         store.record_failure(summary.rank, failure)
         summary.failures.append(failure)
-        log.warning("%s: %s", job.path, result.error)
+        log.info("%s: %s", job.path, result.error)  # shown in the summary
         return
     tokens = encode_frames(encoder, torch.from_numpy(result.frames), cfg.batch_size, device, dtype, preprocess)
     attrs = dict(result.meta, path=str(job.path))

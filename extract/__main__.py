@@ -1,0 +1,3 @@
+from redvillm.extract.cli import main
+
+main()
