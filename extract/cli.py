@@ -98,10 +98,13 @@ def _print_summary(console: Console, summary) -> None:
         ("frames encoded", summary.frames),
         ("seconds", f"{summary.seconds:.1f}"),
         ("videos in the cache", summary.cached_total if summary.rank == 0 else "(written by rank 0)"),
+        ("tokens per video (T, N, D)", f"{summary.token_shape} float16"),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    console.print(f"read it with: from redvillm import open_cache; cache = open_cache({str(summary.index)!r})",
+                  highlight=False)
     for failure in summary.failures[:20]:
         console.print(f"[red]failed[/red] {failure.path}: {failure.reason}", highlight=False)
     if len(summary.failures) > 20:

@@ -50,6 +50,7 @@ class ExtractSummary:
     seconds: float = 0.0
     cached_total: int = 0  # videos in the index at the end (all ranks)
     rank: int = 0
+    token_shape: tuple[int, int, int] = (0, 0, 0)  # (T, N, D) of a video with T frames or more
 
 
 def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None) -> ExtractSummary:
@@ -78,7 +79,8 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     skip = {v.video_id for v in todo if not cfg.retry_failed and v.video_id in failed_before
             and failed_before[v.video_id].unchanged()}
     todo = [v for v in todo if v.video_id not in skip]
-    summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank)
+    summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
+                             token_shape=(info.num_frames, info.num_patches, info.hidden_size))
 
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)

@@ -1,0 +1,3 @@
+from redvillm.evaluate.cli import main
+
+main()

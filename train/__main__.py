@@ -1,0 +1,3 @@
+from redvillm.train.cli import main
+
+main()
