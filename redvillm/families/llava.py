@@ -12,9 +12,10 @@ import logging
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, LlavaForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModel, AutoProcessor, LlavaForConditionalGeneration
 
 from redvillm.families.common import freeze, load_submodule_state, positive_layer_index, strip_prefix
+from redvillm.families.chat import ChatFormat
 from redvillm.frames import FramePreprocess
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,28 @@ class LlavaFamily:
             self.config.vision_feature_select_strategy,
         )
         return encoder
+
+    # ----------------------------------------------------------------- stage two and inference
+
+    def load_backbone(self, device: torch.device, dtype: torch.dtype) -> LlavaForConditionalGeneration:
+        """The image LLM, frozen, without its vision tower (video tokens come from the cache)."""
+        model = LlavaForConditionalGeneration.from_pretrained(self.model, revision=self.revision, dtype=dtype)
+        model.model.vision_tower = None
+        return freeze(model.to(device))
+
+    def projector(self, backbone: LlavaForConditionalGeneration) -> nn.Module:
+        """g_z: the image LLM's own alignment module (vision width D -> LLM width K)."""
+        return backbone.model.multi_modal_projector
+
+    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, N, D) -> temporal tokens (T, D) (mean over patches), spatial tokens (N, D) (mean over time)."""
+        tokens = tokens.float()
+        return tokens.mean(dim=1), tokens.mean(dim=0)
+
+    def chat_format(self) -> ChatFormat:
+        processor = AutoProcessor.from_pretrained(self.model, revision=self.revision)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
+        return ChatFormat(processor.tokenizer, processor.apply_chat_template, messages, self.config.image_token_id)
 
     def _load_tower(self) -> nn.Module:
         state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)

@@ -1,0 +1,64 @@
+"""Samples -> VideoBatch: expand the placeholder to V video tokens, pad, mask the prompt out.
+
+Shape letters: T frames, N patches, D vision width, L sequence length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from redvillm.families.chat import EncodedChat
+from redvillm.video_llm import VideoAdapter, VideoBatch
+
+IGNORE = -100
+
+
+@dataclass
+class VideoSample:
+    chat: EncodedChat
+    temporal: torch.Tensor  # (T, D) mean over patches
+    spatial: torch.Tensor  # (N, D) mean over time
+
+
+def collate(samples: list[VideoSample], adapter: VideoAdapter, placeholder_id: int, pad_id: int,
+            padding_side: str = "right", with_labels: bool = True) -> VideoBatch:
+    """Right padding for training; left padding for batched generation."""
+    rows, labels = [], []
+    for sample in samples:
+        count = adapter.num_video_tokens(sample.temporal.shape[0], sample.spatial.shape[0])
+        at = sample.chat.placeholder_at
+        prompt = sample.chat.prompt_ids[:at] + [placeholder_id] * count + sample.chat.prompt_ids[at + 1:]
+        answer = sample.chat.answer_ids if with_labels else []
+        rows.append(prompt + answer)
+        labels.append([IGNORE] * len(prompt) + answer)
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    label_ids = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row)
+        attention[i, span] = 1
+        label_ids[i, span] = torch.tensor(label)
+    temporal, temporal_mask = _pad_frames([s.temporal for s in samples])
+    return VideoBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        temporal=temporal if adapter.uses_temporal else None,
+        temporal_mask=temporal_mask if adapter.uses_temporal else None,
+        spatial=torch.stack([s.spatial for s in samples]) if adapter.uses_spatial else None,
+        labels=label_ids if with_labels else None,
+    )
+
+
+def _pad_frames(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Videos kept shorter than T ("keep" policy) are padded; the mask says which rows are real."""
+    longest = max(r.shape[0] for r in rows)
+    padded = rows[0].new_zeros((len(rows), longest, rows[0].shape[-1]))  # (B, T, D)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        padded[i, : row.shape[0]] = row
+        mask[i, : row.shape[0]] = True
+    return padded, mask

@@ -1,0 +1,155 @@
+"""The video LLM: pooled frame tokens -> [g_t(temporal), g_z(spatial)] -> the frozen image LLM.
+
+Shape letters: B batch, T frames, N patches (after the family's pooling), D vision width,
+K LLM width, L sequence length, V video tokens of one sample (T + N with both poolings).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from redvillm.families.chat import ChatFormat
+
+Pooling = Literal["both", "temporal", "spatial"]
+TemporalModule = Literal["copy", "none", "copy+mlp", "random"]
+POOLINGS: tuple[str, ...] = ("both", "temporal", "spatial")
+TEMPORAL_MODULES: tuple[str, ...] = ("copy", "none", "copy+mlp", "random")
+
+
+class VideoAdapter(nn.Module):
+    """The trainable part: g_z (the image LLM's projector) and g_t (the temporal module).
+
+    pooling "both" makes [g_t(temporal), g_z(spatial)]; "temporal" (mean over time) keeps the
+    spatial tokens only; "spatial" (mean over patches) keeps the temporal tokens only.
+    temporal_module "copy": g_t starts as a copy of the pretrained projector (the paper);
+    "none": one projector for both token sets (Video-ChatGPT's baseline); "copy+mlp": the copy
+    followed by a randomly initialised MLP; "random": the projector's architecture, random init.
+    """
+
+    def __init__(self, projector: nn.Module, pooling: Pooling, temporal_module: TemporalModule, seed: int = 0):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if temporal_module not in TEMPORAL_MODULES:
+            raise ValueError(f"temporal_module must be one of {TEMPORAL_MODULES}, got {temporal_module!r}")
+        self.pooling, self.temporal_module = pooling, temporal_module
+        self.spatial_proj = projector
+        self.temporal_proj = None  # None: g_t is g_z itself, or temporal tokens are not used
+        if pooling != "temporal" and temporal_module != "none":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # random layers are a function of the seed alone
+                self.temporal_proj = _temporal_module(projector, temporal_module)
+
+    @property
+    def uses_temporal(self) -> bool:
+        return self.pooling in ("both", "spatial")
+
+    @property
+    def uses_spatial(self) -> bool:
+        return self.pooling in ("both", "temporal")
+
+    def num_video_tokens(self, num_frames: int, num_patches: int) -> int:
+        return num_frames * self.uses_temporal + num_patches * self.uses_spatial
+
+    def forward(self, temporal: torch.Tensor | None, temporal_mask: torch.Tensor | None,
+                spatial: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, D) + (B, T) valid rows, (B, N, D) -> (sum of V, K): each sample's tokens in turn."""
+        parts = []
+        g_t = self.temporal_proj if self.temporal_proj is not None else self.spatial_proj
+        projected_t = g_t(temporal) if self.uses_temporal else None  # (B, T, K)
+        projected_s = self.spatial_proj(spatial) if self.uses_spatial else None  # (B, N, K)
+        batch = (temporal if temporal is not None else spatial).shape[0]
+        for b in range(batch):
+            if projected_t is not None:
+                parts.append(projected_t[b][temporal_mask[b]])
+            if projected_s is not None:
+                parts.append(projected_s[b])
+        return torch.cat(parts)  # (sum of V, K)
+
+
+def _temporal_module(projector: nn.Module, kind: str) -> nn.Module:
+    module = copy.deepcopy(projector)
+    if kind == "random":
+        for layer in module.modules():
+            if hasattr(layer, "reset_parameters") and layer is not module:
+                layer.reset_parameters()
+    if kind == "copy+mlp":
+        width = _output_width(projector)
+        module = nn.Sequential(module, nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+    return module
+
+
+def _output_width(module: nn.Module) -> int:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features
+
+
+@dataclass
+class VideoBatch:
+    """Model inputs for B (video, text) samples; see redvillm.batching.collate."""
+
+    input_ids: torch.Tensor  # (B, L), the placeholder id at every video-token position
+    attention_mask: torch.Tensor  # (B, L)
+    temporal: torch.Tensor | None  # (B, T, D) padded over T
+    temporal_mask: torch.Tensor | None  # (B, T) True for real rows
+    spatial: torch.Tensor | None  # (B, N, D)
+    labels: torch.Tensor | None = None  # (B, L), -100 but on answer tokens
+
+    def to(self, device: torch.device) -> VideoBatch:
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return VideoBatch(**moved)
+
+
+class VideoLLM:
+    """A frozen image LLM with a trainable VideoAdapter in front of it."""
+
+    def __init__(self, backbone: nn.Module, adapter: VideoAdapter, chat: ChatFormat, device: torch.device):
+        self.backbone, self.adapter, self.chat, self.device = backbone, adapter, chat, device
+        self.adapter_forward = adapter  # the training loop swaps in its DDP wrapper
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.get_input_embeddings().weight.dtype
+
+    def embed(self, batch: VideoBatch) -> torch.Tensor:
+        """(B, L, K): text embeddings with the video tokens scattered at the placeholders."""
+        text = self.backbone.get_input_embeddings()(batch.input_ids)
+        video = self.adapter_forward(batch.temporal, batch.temporal_mask, batch.spatial)
+        slots = (batch.input_ids == self.chat.placeholder_id).unsqueeze(-1)
+        if int(slots.sum()) != video.shape[0]:
+            raise RuntimeError(f"{int(slots.sum())} video placeholders for {video.shape[0]} video tokens")
+        return text.masked_scatter(slots, video.to(text.dtype))
+
+    def hidden_states(self, batch: VideoBatch) -> torch.Tensor:
+        out = self.backbone.model(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask)
+        return out.last_hidden_state  # (B, L, K)
+
+    def logits(self, batch: VideoBatch) -> torch.Tensor:
+        return self.backbone.lm_head(self.hidden_states(batch))  # (B, L, vocab)
+
+    def loss_terms(self, batch: VideoBatch) -> tuple[torch.Tensor, int]:
+        """(sum of next-token losses over answer tokens, their count): the LM head runs on those only."""
+        hidden = self.hidden_states(batch)[:, :-1]  # position i predicts token i + 1
+        targets = batch.labels[:, 1:]
+        supervised = targets != -100
+        logits = self.backbone.lm_head(hidden[supervised]).float()  # (answer tokens, vocab)
+        return F.cross_entropy(logits, targets[supervised], reduction="sum"), int(supervised.sum())
+
+    @torch.inference_mode()
+    def generate(self, batch: VideoBatch, max_new_tokens: int = 64, **sampling) -> list[str]:
+        """Answers for a left-padded batch; greedy unless sampling parameters say otherwise."""
+        output = self.backbone.generate(
+            inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens, pad_token_id=self.chat.tokenizer.pad_token_id or self.chat.eos_id,
+            eos_token_id=self.chat.eos_id, **sampling,
+        )
+        return [self.chat.decode(row) for row in output]
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.adapter.parameters() if p.requires_grad)
