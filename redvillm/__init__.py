@@ -7,7 +7,7 @@ copy; ``redvillm.evaluate`` answers and judges. The public entry points are re-e
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "open_cache"]
+__all__ = ["__version__", "open_cache", "load_model"]
 
 
 def __getattr__(name):
@@ -16,4 +16,8 @@ def __getattr__(name):
         from redvillm.cache import open_cache
 
         return open_cache
+    if name == "load_model":
+        from redvillm.model_io import load_model
+
+        return load_model
     raise AttributeError(f"module 'redvillm' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from redvillm.families.chat import EncodedChat
-from redvillm.video_llm import VideoAdapter, VideoBatch
+from redvillm.video_llm import VideoBatch, VideoLayout
 
 IGNORE = -100
 
@@ -22,12 +22,12 @@ class VideoSample:
     spatial: torch.Tensor  # (N, D) mean over time
 
 
-def collate(samples: list[VideoSample], adapter: VideoAdapter, placeholder_id: int, pad_id: int,
+def collate(samples: list[VideoSample], layout: VideoLayout, placeholder_id: int, pad_id: int,
             padding_side: str = "right", with_labels: bool = True) -> VideoBatch:
     """Right padding for training; left padding for batched generation."""
     rows, labels = [], []
     for sample in samples:
-        count = adapter.num_video_tokens(sample.temporal.shape[0], sample.spatial.shape[0])
+        count = layout.num_video_tokens(sample.temporal.shape[0], sample.spatial.shape[0])
         at = sample.chat.placeholder_at
         prompt = sample.chat.prompt_ids[:at] + [placeholder_id] * count + sample.chat.prompt_ids[at + 1:]
         answer = sample.chat.answer_ids if with_labels else []
@@ -46,9 +46,9 @@ def collate(samples: list[VideoSample], adapter: VideoAdapter, placeholder_id: i
     return VideoBatch(
         input_ids=input_ids,
         attention_mask=attention,
-        temporal=temporal if adapter.uses_temporal else None,
-        temporal_mask=temporal_mask if adapter.uses_temporal else None,
-        spatial=torch.stack([s.spatial for s in samples]) if adapter.uses_spatial else None,
+        temporal=temporal if layout.uses_temporal else None,
+        temporal_mask=temporal_mask if layout.uses_temporal else None,
+        spatial=torch.stack([s.spatial for s in samples]) if layout.uses_spatial else None,
         labels=label_ids if with_labels else None,
     )
 

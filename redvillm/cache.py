@@ -127,6 +127,10 @@ class TokenCache(Mapping):
     def __getitem__(self, video_id: str) -> np.ndarray:
         return self._dataset(video_id)[()]  # (T, N, D) float16
 
+    def shard_path(self, video_id: str) -> Path:
+        """The shard file holding this video's tokens."""
+        return self.shard_paths[self._shard_of[video_id]]
+
     def meta(self, video_id: str) -> dict:
         """Per-video provenance: frame indices, source fps/frames/duration, size, path."""
         attrs = self._dataset(video_id).attrs

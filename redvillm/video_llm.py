@@ -22,6 +22,25 @@ POOLINGS: tuple[str, ...] = ("both", "temporal", "spatial")
 TEMPORAL_MODULES: tuple[str, ...] = ("copy", "none", "copy+mlp", "random")
 
 
+@dataclass(frozen=True)
+class VideoLayout:
+    """Which token sets a pooling mode puts in front of the LLM, in which order."""
+
+    pooling: str
+
+    @property
+    def uses_temporal(self) -> bool:
+        return self.pooling in ("both", "spatial")
+
+    @property
+    def uses_spatial(self) -> bool:
+        return self.pooling in ("both", "temporal")
+
+    def num_video_tokens(self, num_frames: int, num_patches: int) -> int:
+        """V: the placeholders one sample needs."""
+        return num_frames * self.uses_temporal + num_patches * self.uses_spatial
+
+
 class VideoAdapter(nn.Module):
     """The trainable part: g_z (the image LLM's projector) and g_t (the temporal module).
 
@@ -47,15 +66,16 @@ class VideoAdapter(nn.Module):
                 self.temporal_proj = _temporal_module(projector, temporal_module)
 
     @property
+    def layout(self) -> VideoLayout:
+        return VideoLayout(self.pooling)
+
+    @property
     def uses_temporal(self) -> bool:
-        return self.pooling in ("both", "spatial")
+        return self.layout.uses_temporal
 
     @property
     def uses_spatial(self) -> bool:
-        return self.pooling in ("both", "temporal")
-
-    def num_video_tokens(self, num_frames: int, num_patches: int) -> int:
-        return num_frames * self.uses_temporal + num_patches * self.uses_spatial
+        return self.layout.uses_spatial
 
     def forward(self, temporal: torch.Tensor | None, temporal_mask: torch.Tensor | None,
                 spatial: torch.Tensor | None) -> torch.Tensor:

@@ -37,7 +37,7 @@ def test_one_frame_equals_backbone_image_forward(tiny_llava, question):
         frame_tokens = encoder(inputs["pixel_values"])  # (T=1, N, D): a one-frame video
         temporal, spatial = family.pool(frame_tokens)
         sample = VideoSample(llm.chat.encode(question), temporal, spatial)
-        batch = collate([sample], llm.adapter, llm.chat.placeholder_id, pad_id=0, with_labels=False)
+        batch = collate([sample], llm.adapter.layout, llm.chat.placeholder_id, pad_id=0, with_labels=False)
         ours = llm.logits(batch)
     assert torch.equal(batch.input_ids, inputs["input_ids"])  # same prompt, same splice position
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)

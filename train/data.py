@@ -1,0 +1,72 @@
+"""Training samples: instructions joined with pooled video tokens, in a resumable order."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import islice
+
+from torch.utils.data import Dataset, DistributedSampler
+
+from redvillm.batching import VideoSample
+from redvillm.cache import TokenCache
+from redvillm.data.annotations import Instruction
+from redvillm.errors import UserError
+from redvillm.families.chat import ChatFormat
+from redvillm.train.pooled import PooledStore
+
+
+def usable(instructions: list[Instruction], cache: TokenCache, source: str,
+           strict: bool) -> tuple[list[Instruction], Counter]:
+    """Instructions whose video is in the cache, and a count of the missing videos' rows."""
+    kept, missing = [], Counter()
+    for instruction in instructions:
+        if instruction.video_id in cache:
+            kept.append(instruction)
+        else:
+            missing[instruction.video_id] += 1
+    if missing and strict:
+        first = ", ".join(list(missing)[:5])
+        raise UserError(f"{source}: {sum(missing.values())} rows name {len(missing)} videos that are not in "
+                        f"{cache.path} (first: {first}); extract them or drop --strict to skip them")
+    if not kept:
+        raise UserError(f"{source}: none of its {len(instructions)} rows names a video in {cache.path}; "
+                        "check that the cache was extracted from the videos these annotations describe")
+    return kept, missing
+
+
+class InstructionDataset(Dataset):
+    """Item i: the i-th instruction's chat token ids with its video's pooled tokens.
+
+    Tokenising happens here, in the DataLoader workers, so start-up does not scale with the
+    number of instructions.
+    """
+
+    def __init__(self, instructions: list[Instruction], chat: ChatFormat, pooled: PooledStore):
+        self.instructions, self.chat, self.pooled = instructions, chat, pooled
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def __getitem__(self, index: int) -> VideoSample:
+        row = self.instructions[index]
+        temporal, spatial = self.pooled.get(row.video_id)
+        return VideoSample(self.chat.encode(row.question, row.answer), temporal, spatial)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (seeded shuffle, set_epoch) that can start part-way into an epoch."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.skip = 0
+
+    def set_position(self, epoch: int, skip: int) -> None:
+        """Epoch `epoch`, without its first `skip` samples (already trained on)."""
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)

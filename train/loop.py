@@ -1,0 +1,264 @@
+"""``run_train``: pooled cached tokens -> trained projector + temporal module (stage two).
+
+The vision encoder never runs here: samples come from the pooled sidecar. The LLM is frozen and
+outside DDP; only the VideoAdapter's gradients are synchronised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from redvillm import distributed
+from redvillm.batching import collate
+from redvillm.cache import open_cache
+from redvillm.data.annotations import read_instructions
+from redvillm.errors import UserError
+from redvillm.families.registry import load_family
+from redvillm.model_io import VideoModelConfig, build_video_llm, save_adapter, write_json
+from redvillm.train import checkpoint
+from redvillm.train.config import TrainConfig
+from redvillm.train.data import InstructionDataset, ResumableSampler, usable
+from redvillm.train.pooled import PooledStore
+
+log = logging.getLogger(__name__)
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainPlan:
+    """What the run is about to do; announced once before the first step."""
+
+    instructions: int
+    videos: int
+    skipped_rows: int
+    skipped_examples: list[str]
+    trainable_parameters: int
+    micro_batch: int
+    world_size: int
+    steps_per_epoch: int
+    total_steps: int
+    start_step: int
+
+
+@dataclass
+class TrainProgress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainSummary:
+    output: Path
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
+              announce: Callable[[TrainPlan], None] | None = None,
+              should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
+    """Train; resumable with cfg.resume. `should_stop(step)` ends the run early (as a kill would)."""
+    started = time.perf_counter()
+    info = distributed.init_from_env()
+    device = distributed.resolve_device(cfg.device, info)
+    dtype = distributed.resolve_dtype(cfg.dtype, device)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output)
+    _check_output(out, cfg.resume)
+    cache = open_cache(cfg.cache)
+    family = load_family(cfg.model, cfg.revision)
+    _check_cache(cache, family, cfg)
+    instructions, missing = usable(read_instructions(cfg.annotations), cache, cfg.annotations, cfg.strict)
+
+    pooled = PooledStore(cache, family.pool, family.name, cfg.pooled_dir)
+    pooled.build({i.video_id for i in instructions}, info.rank, info.world_size)
+    distributed.barrier()  # every rank's pooled files exist before anyone reads them
+
+    llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, device, dtype, cfg.revision, cfg.seed)
+    if cfg.gradient_checkpointing:
+        llm.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if info.world_size > 1:
+        llm.adapter_forward = DistributedDataParallel(llm.adapter, device_ids=[device.index] if device.type == "cuda" else None)
+
+    dataset = InstructionDataset(instructions, llm.chat, pooled)
+    sampler = ResumableSampler(dataset, info.world_size, info.rank, cfg.seed)
+    micro = cfg.micro_batch_size(info.world_size)
+    pad_id = llm.chat.tokenizer.pad_token_id if llm.chat.tokenizer.pad_token_id is not None else llm.chat.eos_id
+    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=partial(collate, layout=llm.adapter.layout, placeholder_id=llm.chat.placeholder_id,
+                                           pad_id=pad_id), persistent_workers=False)
+    steps_per_epoch = math.ceil(math.ceil(len(dataset) / info.world_size / micro) / cfg.grad_accum)
+    total_steps = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
+    optimizer = torch.optim.AdamW(llm.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_warmup_cosine, total=total_steps,
+                                                                     warmup=round(cfg.warmup_ratio * total_steps)))
+    fingerprint = _fingerprint(cfg, info.world_size, len(dataset))
+    position = checkpoint.Position()
+    if cfg.resume:
+        position = checkpoint.load(out, llm.adapter, optimizer, scheduler, fingerprint, device)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "train_config.json", cfg.to_dict())
+        _trim_log(out / LOG_FILE, position.step)
+    if announce:
+        announce(TrainPlan(len(instructions), len({i.video_id for i in instructions}), sum(missing.values()),
+                           list(missing)[:5], llm.trainable_parameters(), micro, info.world_size, steps_per_epoch,
+                           total_steps, position.step))
+
+    losses = []
+    autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32 \
+        else contextlib.nullcontext()
+    llm.adapter.train()
+    step_started, samples_seen = time.perf_counter(), 0
+    for epoch in range(position.epoch, cfg.epochs):
+        skip = position.step_in_epoch * cfg.grad_accum * micro if epoch == position.epoch else 0
+        sampler.set_position(epoch, skip)
+        batches = iter(loader)
+        step_in_epoch = position.step_in_epoch if epoch == position.epoch else 0
+        while position.step < total_steps:
+            micro_batches = list(islice(batches, cfg.grad_accum))
+            if not micro_batches:
+                break
+            loss = _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, info.world_size)
+            step_in_epoch += 1
+            position = checkpoint.Position(position.step + 1, epoch, step_in_epoch)
+            samples_seen += sum(b.input_ids.shape[0] for b in micro_batches) * info.world_size
+            losses.append(loss)
+            rate = samples_seen / max(time.perf_counter() - step_started, 1e-9)
+            lr = scheduler.get_last_lr()[0]
+            if info.is_main and (position.step % cfg.log_every == 0 or position.step == total_steps):
+                _append_log(out / LOG_FILE, {"step": position.step, "epoch": epoch, "loss": loss, "lr": lr,
+                                             "samples_per_s": rate})
+            if progress:
+                progress(TrainProgress(position.step, total_steps, epoch, loss, lr, rate))
+            stop = should_stop is not None and should_stop(position.step)
+            if position.step % cfg.save_every == 0 or stop:
+                if info.is_main:
+                    checkpoint.save(out, llm.adapter, optimizer, scheduler, position, fingerprint)
+                distributed.barrier()
+            if stop:
+                return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses)
+        if position.step >= total_steps:
+            break
+        position = checkpoint.Position(position.step, epoch + 1, 0)
+
+    if info.is_main:
+        config = VideoModelConfig(cfg.model, family.revision, family.name, cfg.pooling, cfg.temporal_module,
+                                  cache.info["num_frames"], cache.info["num_patches"], cache.info["hidden_size"],
+                                  cfg.seed, extra={"train": cfg.to_dict(), "cache": cache.info})
+        save_adapter(llm, out, config)
+    distributed.barrier()
+    return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses)
+
+
+def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world_size) -> float:
+    """One optimizer step over grad_accum micro-batches; the loss is the mean over every answer
+    token of the global batch (summed per rank, divided by the global count)."""
+    micro_batches = [b.to(device) for b in micro_batches]
+    local_tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in micro_batches)
+    total = torch.tensor([local_tokens], dtype=torch.float64, device=device)
+    if world_size > 1:
+        dist.all_reduce(total)
+    total_tokens = max(total.item(), 1.0)
+    loss_value = 0.0
+    for i, batch in enumerate(micro_batches):
+        syncing = i == len(micro_batches) - 1 or world_size == 1
+        sync = contextlib.nullcontext() if syncing else llm.adapter_forward.no_sync()
+        with sync, autocast:
+            loss_sum, _ = llm.loss_terms(batch)
+            # DDP averages gradients over ranks; scaling by world size turns that into a sum.
+            (loss_sum * world_size / total_tokens).backward()
+        loss_value += loss_sum.item()
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(llm.adapter.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world_size > 1:
+        summed = torch.tensor([loss_value], dtype=torch.float64, device=device)
+        dist.all_reduce(summed)
+        loss_value = summed.item()
+    return loss_value / total_tokens
+
+
+def _warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _check_output(out: Path, resume: bool) -> None:
+    if not resume and ((out / "checkpoints" / "latest").exists() or (out / "adapter.safetensors").exists()):
+        raise UserError(f"{out}: holds a training run already; pass --resume to continue it or pick a new --output")
+
+
+def _check_cache(cache, family, cfg: TrainConfig) -> None:
+    """The cache must hold this backbone's vision features."""
+    info = cache.info
+    theirs = (info["family"], json.dumps(info["vision"], sort_keys=True))
+    ours = (family.name, json.dumps(family.vision_provenance(), sort_keys=True))
+    if theirs != ours:
+        raise UserError(f"{cfg.cache}: extracted for {info['model']} ({info['family']}, {info['vision']}), not for "
+                        f"--model {cfg.model} ({family.name}, {family.vision_provenance()}); re-extract with this model")
+    width = _projector_input_width(family, cfg)
+    if width is not None and width != info["hidden_size"]:
+        raise UserError(f"{cfg.cache}: tokens are {info['hidden_size']} wide but {cfg.model}'s projector takes "
+                        f"{width}; re-extract with this model")
+
+
+def _projector_input_width(family, cfg) -> int | None:
+    config = family.config
+    layers = config.vision_feature_layer
+    count = 1 if isinstance(layers, int) else len(layers)
+    return getattr(config.vision_config, "hidden_size", None) and config.vision_config.hidden_size * count
+
+
+def _fingerprint(cfg: TrainConfig, world_size: int, samples: int) -> dict:
+    keys = ("model", "pooling", "temporal_module", "lr", "epochs", "batch_size", "grad_accum", "warmup_ratio",
+            "weight_decay", "seed", "max_steps")
+    return {**{k: getattr(cfg, k) for k in keys}, "world_size": world_size, "samples": samples}
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """On resume, drop log lines of steps after the checkpoint: they are trained again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def _first(values):
+    return values[0] if values else None
+
+
+def _last(values):
+    return values[-1] if values else None
+
+
+__all__ = ["run_train", "TrainPlan", "TrainProgress", "TrainSummary", "asdict"]
