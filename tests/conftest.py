@@ -38,3 +38,21 @@ def video_copy(synthetic_videos, tmp_path):
     target = tmp_path / "videos"
     shutil.copytree(synthetic_videos, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def small_cache(synthetic_videos, tiny_llava, tmp_path_factory) -> Path:
+    """The sample videos extracted at T = 8 with the tiny replica: stage two's input."""
+    from redvillm.extract.config import ExtractConfig
+    from redvillm.extract.pipeline import run_extract
+
+    out = tmp_path_factory.mktemp("cache") / "cache.h5"
+    run_extract(ExtractConfig(str(synthetic_videos), str(out), model=str(tiny_llava), num_frames=8,
+                              decode_workers=1, device="cpu"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def qa_file(synthetic_videos) -> Path:
+    """VideoInstruct-format questions about the sample videos (written by the generator)."""
+    return synthetic_videos.parent / "qa.json"
