@@ -162,6 +162,17 @@ class VideoLLM:
         return F.cross_entropy(logits, targets[supervised], reduction="sum"), int(supervised.sum())
 
     @torch.inference_mode()
+    def answer_logprobs(self, batch: VideoBatch) -> torch.Tensor:
+        """(B,) log-probability of each row's answer tokens given its prompt: scores candidate
+        answers for multiple-choice evaluation."""
+        hidden = self.hidden_states(batch)[:, :-1]
+        targets = batch.labels[:, 1:]
+        supervised = targets != -100
+        logprobs = torch.log_softmax(self.backbone.lm_head(hidden).float(), dim=-1)  # (B, L - 1, vocab)
+        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * supervised).sum(dim=1)
+
+    @torch.inference_mode()
     def generate(self, batch: VideoBatch, max_new_tokens: int = 64, **sampling) -> list[str]:
         """Answers for a left-padded batch; greedy unless sampling parameters say otherwise."""
         output = self.backbone.generate(

@@ -133,3 +133,14 @@ def _pooled(model, cache):
 
     tokens = torch.from_numpy(cache[next(iter(cache))])
     return load_family(model.config.model).pool(tokens)
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_overwrite_starts_over(small_cache, qa_file, tiny_llava, tmp_path):
+    cfg = config(small_cache, qa_file, tiny_llava, tmp_path / "run", max_steps=2)
+    run_train(cfg)
+    before = (tmp_path / "run" / "adapter.safetensors").read_bytes()
+    cfg.resume = True
+    again = run_train(cfg)
+    assert again.losses == [] and (tmp_path / "run" / "adapter.safetensors").read_bytes() == before
+    cfg.resume, cfg.overwrite = False, True
+    assert run_train(cfg).steps == 2

@@ -36,4 +36,4 @@ def test_two_process_ddp_matches_one_process(small_cache, qa_file, tiny_llava, t
     losses = [[json.loads(line)["loss"] for line in (d / "train_log.jsonl").read_text().splitlines()] for d in (one, two)]
     assert len(losses[0]) == len(losses[1]) == 4  # written once, by rank 0
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-5)
-    assert (two / "checkpoints" / "latest").read_text() == "step-0000003"
+    assert (two / "checkpoints" / "latest").read_text() == "step-0000004"  # the final state

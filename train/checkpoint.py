@@ -33,6 +33,10 @@ class Position:
     step_in_epoch: int = 0
 
 
+def exists(directory: Path) -> bool:
+    return (directory / "checkpoints" / "latest").is_file()
+
+
 def save(directory: Path, adapter, optimizer, scheduler, position: Position, fingerprint: dict) -> Path:
     root = directory / "checkpoints"
     target = root / f"step-{position.step:07d}"

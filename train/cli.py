@@ -36,7 +36,9 @@ from redvillm.extract.config import DEFAULT_MODEL
               help="Frozen LLM dtype (auto: bf16/fp16 on CUDA, fp32 on CPU); trainable weights stay fp32.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute the frozen LLM's activations in backward.")
 @click.option("--save-every", default=500, help="Optimizer steps between checkpoints.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --output.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --output (if any); "
+              "a finished run is left as it is.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run in --output first.")
 @click.option("--strict", is_flag=True, help="Annotation rows whose video is not cached are an error.")
 @click.option("--num-workers", default=2, help="DataLoader workers.")
 @click.option("--pooled-dir", default=None, help="Where the pooled sidecar goes (default: CACHE.pooled/).")

@@ -31,7 +31,8 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # frozen LLM; adapter stays fp32
     gradient_checkpointing: bool = False  # through the frozen LLM: memory for compute
     save_every: int = 500  # optimizer steps between checkpoints
-    resume: bool = False  # continue from the latest checkpoint in output
+    resume: bool = False  # continue from the latest checkpoint in output, if there is one
+    overwrite: bool = False  # delete an existing run in output first
     strict: bool = False  # annotation rows without a cached video are an error, not a skip
     num_workers: int = 2  # DataLoader workers
     pooled_dir: str | None = None  # pooled sidecar; default: CACHE.pooled/ beside the cache

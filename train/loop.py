@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -84,7 +85,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     dtype = distributed.resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output)
-    _check_output(out, cfg.resume)
+    _check_output(out, cfg.resume, cfg.overwrite and info.is_main)
     cache = open_cache(cfg.cache)
     family = load_family(cfg.model, cfg.revision)
     _check_cache(cache, family, cfg)
@@ -114,7 +115,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
                                                                      warmup=round(cfg.warmup_ratio * total_steps)))
     fingerprint = _fingerprint(cfg, info.world_size, len(dataset))
     position = checkpoint.Position()
-    if cfg.resume:
+    if cfg.resume and checkpoint.exists(out):
         position = checkpoint.load(out, llm.adapter, optimizer, scheduler, fingerprint, device)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +164,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
         position = checkpoint.Position(position.step, epoch + 1, 0)
 
     if info.is_main:
+        checkpoint.save(out, llm.adapter, optimizer, scheduler, position, fingerprint)  # a rerun is a no-op
         config = VideoModelConfig(cfg.model, family.revision, family.name, cfg.pooling, cfg.temporal_module,
                                   cache.info["num_frames"], cache.info["num_patches"], cache.info["hidden_size"],
                                   cfg.seed, extra={"train": cfg.to_dict(), "cache": cache.info})
@@ -208,9 +210,13 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _check_output(out: Path, resume: bool) -> None:
-    if not resume and ((out / "checkpoints" / "latest").exists() or (out / "adapter.safetensors").exists()):
-        raise UserError(f"{out}: holds a training run already; pass --resume to continue it or pick a new --output")
+def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    distributed.barrier()
+    if not resume and (checkpoint.exists(out) or (out / "adapter.safetensors").exists()):
+        raise UserError(f"{out}: holds a training run already; pass --resume to continue it, --overwrite to "
+                        "replace it, or pick a new --output")
 
 
 def _check_cache(cache, family, cfg: TrainConfig) -> None:

@@ -1,0 +1,436 @@
+"""Stage-two benchmark: what does training from the pooled cache save, and does it stay lean?
+
+    python bench/train.py [--videos 50] [--frames 32] [--batch 8] [--workers 2] [--out-dir DIR] [--json PATH]
+
+Measured in one run, on synthetic h264 videos cached by run_extract with a tiny random-weight
+LLaVA (sizes in BENCH below; B batch, T frames, N patches, D vision width):
+
+    step, cache     the training step of run_train (train.loop._step: forward + backward + AdamW on
+                    the adapter, LLM frozen) on B samples read from the pooled sidecar, collate included
+    step, online    the same step with the vision encoder run online: encode_frames on each video's
+                    T frames (decoded and resized beforehand, in memory) -> family.pool -> collate -> _step
+                    ratio = online / cache: the per-step cost the cache removes
+    loader          a loop built like run_train's (InstructionDataset + ResumableSampler + collate in a
+                    DataLoader with --workers workers, a new iterator per epoch): time blocked in
+                    next(batches) vs time in _step; the first batch (worker start) apart
+    bytes/sample    what InstructionDataset.__getitem__ reads from the pooled sidecar vs what reading
+                    the raw cache (TokenCache[video_id]) would: array bytes h5py returns, and bytes
+                    read(2) by the process (/proc/self/io rchar, HDF5 metadata included)
+    peak RSS        run_train(max_steps=--rss-steps) over 100 and 1000 questions about the same videos,
+                    each in a fresh subprocess: the trainer's own peak, its largest DataLoader worker's
+                    (getrusage SELF / CHILDREN), and the peak over the whole process tree of summed RSS
+                    and of summed PSS (forked workers share pages; PSS counts them once), sampled from
+                    /proc every 20 ms. Goal: flat. run_train's own ms/step is taken there too.
+torch.set_num_threads(--threads) in every process that trains; DataLoader workers use 1 thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import h5py  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from redvillm.batching import VideoSample, collate  # noqa: E402
+from redvillm.cache import open_cache  # noqa: E402
+from redvillm.data.annotations import read_instructions  # noqa: E402
+from redvillm.data.synthetic import SyntheticConfig, generate  # noqa: E402
+from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava  # noqa: E402
+from redvillm.extract.config import ExtractConfig  # noqa: E402
+from redvillm.extract.decode import DecodeSettings, decode_video  # noqa: E402
+from redvillm.extract.pipeline import encode_frames, run_extract  # noqa: E402
+from redvillm.families.registry import load_family  # noqa: E402
+from redvillm.model_io import build_video_llm  # noqa: E402
+from redvillm.train.config import TrainConfig  # noqa: E402
+from redvillm.train.data import InstructionDataset, ResumableSampler  # noqa: E402
+from redvillm.train.loop import _step, run_train  # noqa: E402  (the step run_train takes)
+from redvillm.train.pooled import PooledStore  # noqa: E402
+
+# Encoder as in bench/extract.py (N = 196, D = 128); a 2-layer LLM of width 128.
+BENCH = dict(
+    video=dict(size=224, fps=8),  # frames already at the model's 224 px: decode stays cheap
+    model=TinyLlavaConfig(image_size=224, patch_size=16, vision_hidden=128, vision_layers=4, vision_heads=4,
+                          text_hidden=128, text_layers=2),
+    pooling="both",
+    temporal_module="copy",
+    online_steps=4,  # each encodes B x T frames
+    loader_steps=40,
+    rss_questions=(100, 1000),
+)
+BIG = dict(name="llava-1.5-7b", T=100, N=576, D=1024)  # bytes per sample by arithmetic
+
+
+def make_data(root: Path, model: Path, args) -> tuple[Path, Path, list[dict]]:
+    """Synthetic videos cached by run_extract: (videos dir, cache index, the generator's qa rows)."""
+    generate(root / "synthetic", SyntheticConfig(num_videos=args.videos, tasks=("direction",),
+                                                 num_frames=args.frames, **BENCH["video"]))
+    videos = root / "synthetic" / "videos"
+    cache = root / "cache" / "cache.h5"
+    cache.parent.mkdir()
+    summary = run_extract(extract_config(videos, cache, model, args))
+    if summary.extracted != args.videos:
+        raise RuntimeError(f"run_extract cached {summary.extracted} of {args.videos} videos: {summary.failures}")
+    return videos, cache, json.loads((root / "synthetic" / "qa.json").read_text())
+
+
+def extract_config(videos: Path, cache: Path, model: Path, args) -> ExtractConfig:
+    return ExtractConfig(str(videos), str(cache), model=str(model), num_frames=args.frames, device="cpu",
+                         dtype="float32", decode_workers=2)
+
+
+def write_questions(path: Path, qa: list[dict], count: int) -> Path:
+    """`count` rows over the same videos: every video gets count / videos reworded questions."""
+    rows = [dict(qa[k % len(qa)]) for k in range(count)]
+    for k, row in enumerate(rows):
+        row["q"] = f"{row['q']} (question {k // len(qa)})"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def train_config(cache: Path, annotations: Path, out: Path, model: Path, args, **overrides) -> TrainConfig:
+    return TrainConfig(str(cache), str(annotations), str(out), model=str(model), pooling=BENCH["pooling"],
+                       temporal_module=BENCH["temporal_module"], batch_size=args.batch, lr=1e-4, device="cpu",
+                       dtype="float32", num_workers=args.workers, **overrides)
+
+
+class Trainer:
+    """What run_train sets up before its loop, built from the same pieces."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, self.device = cfg, torch.device("cpu")
+        cache = open_cache(cfg.cache)
+        self.family = load_family(cfg.model)
+        self.instructions = read_instructions(cfg.annotations)
+        self.pooled = PooledStore(cache, self.family.pool, self.family.name, cfg.pooled_dir)
+        self.pooled.build({i.video_id for i in self.instructions})
+        self.llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, self.device, torch.float32)
+        self.llm.adapter.train()
+        self.dataset = InstructionDataset(self.instructions, self.llm.chat, self.pooled)
+        chat = self.llm.chat
+        pad_id = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.eos_id
+        self.collate = partial(collate, layout=self.llm.adapter.layout, placeholder_id=chat.placeholder_id,
+                               pad_id=pad_id)
+        self.optimizer = torch.optim.AdamW(self.llm.adapter.parameters(), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+
+    def step(self, batch) -> float:
+        return _step(self.llm, [batch], self.optimizer, self.scheduler, self.cfg, self.device,
+                     contextlib.nullcontext(), 1)
+
+    def loader(self, num_workers: int) -> tuple[DataLoader, ResumableSampler]:
+        sampler = ResumableSampler(self.dataset, 1, 0, self.cfg.seed)
+        loader = DataLoader(self.dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=num_workers,
+                            collate_fn=self.collate, persistent_workers=False)
+        return loader, sampler
+
+
+def timed(fn, *a):
+    started = time.perf_counter()
+    out = fn(*a)
+    return time.perf_counter() - started, out
+
+
+def measure_steps(trainer: Trainer, videos: Path, model: Path, args) -> dict:
+    """ms per step: pooled tokens from the sidecar vs the encoder run online on the same videos."""
+    ecfg = extract_config(videos, Path("unused.h5"), model, args)
+    device, dtype = torch.device("cpu"), torch.float32
+    encoder = trainer.family.load_frame_encoder(device, dtype)
+    preprocess = trainer.family.frame_preprocess()
+    settings = DecodeSettings(ecfg.num_frames, ecfg.sampling, ecfg.short_videos, preprocess)
+    first = {}  # one question per video, the first B videos
+    for index, instruction in enumerate(trainer.instructions):
+        first.setdefault(instruction.video_id, index)
+    rows = list(first.values())[: args.batch]
+    samples = [trainer.dataset[i] for i in rows]  # pooled tokens, read once
+    clips = [torch.from_numpy(decode_video(videos / f"{trainer.instructions[i].video_id}.mp4", settings)[0])
+             for i in rows]  # (T, 3, h, w) uint8, decoded untimed
+
+    def online():
+        encoded = []
+        for clip, sample in zip(clips, samples):
+            tokens = encode_frames(encoder, clip, ecfg.batch_size, device, dtype, preprocess)  # (T, N, D) fp16
+            temporal, spatial = trainer.family.pool(torch.from_numpy(tokens))  # (T, D), (N, D)
+            encoded.append(VideoSample(sample.chat, temporal, spatial))
+        return encoded
+
+    encode_s, encoded = timed(online)  # warm-up, and a check that both paths see the same tokens
+    drift = max(float((a.temporal - b.temporal).abs().max()) for a, b in zip(samples, encoded))
+    scale = max(float(s.temporal.abs().max()) for s in samples)
+    if drift > 1e-2 * scale:
+        raise RuntimeError(f"online pooled tokens differ from the sidecar's by {drift} (scale {scale})")
+    trainer.step(trainer.collate(samples))  # warm-up
+    cached, online_total, online_encode = [], [], []
+    for i in range(max(args.steps, BENCH["online_steps"])):  # interleaved: both see the same machine state
+        cached.append(timed(lambda: trainer.step(trainer.collate(samples)))[0])
+        if i < BENCH["online_steps"]:
+            started = time.perf_counter()
+            encode_s, encoded = timed(online)
+            trainer.step(trainer.collate(encoded))
+            online_total.append(time.perf_counter() - started)
+            online_encode.append(encode_s)
+    cached_ms, online_ms = 1e3 * statistics.median(cached), 1e3 * statistics.median(online_total)
+    return dict(cached_ms=cached_ms, online_ms=online_ms, online_encode_ms=1e3 * statistics.median(online_encode),
+                ratio=online_ms / cached_ms, cached_steps=len(cached), online_steps=len(online_total),
+                frames_per_step=sum(c.shape[0] for c in clips), pooled_drift=drift,
+                shape=f"T={clips[0].shape[0]} N={encoder.num_patches} D={encoder.hidden_size}")
+
+
+def measure_loader(trainer: Trainer, args) -> dict:
+    """run_train's loop, timed: blocked in next(batches) vs in the step; epochs restart the workers."""
+    loader, sampler = trainer.loader(args.workers)
+    waits, steps, first_waits, epoch = [], [], [], 0
+    while len(steps) < BENCH["loader_steps"]:
+        sampler.set_position(epoch, 0)
+        batches = iter(loader)
+        first = True
+        while len(steps) < BENCH["loader_steps"]:
+            wait_s, micro = timed(lambda: list(islice(batches, trainer.cfg.grad_accum)))
+            if not micro:
+                break
+            (first_waits if first else waits).append(wait_s)
+            first = False
+            steps.append(timed(trainer.step, micro[0])[0])
+        epoch += 1
+    del batches
+    inline, _ = trainer.loader(0)  # what the workers hide: building a batch in the main process
+    started, it = time.perf_counter(), iter(inline)
+    for _ in range(8):
+        next(it)
+    build = (time.perf_counter() - started) / 8
+    encode_s, _ = timed(lambda: [trainer.llm.chat.encode(i.question, i.answer) for i in trainer.instructions[:64]])
+    read_s, _ = timed(lambda: [trainer.pooled.get(i.video_id) for i in trainer.instructions[:64]])
+    wait_ms, step_ms = 1e3 * statistics.mean(waits), 1e3 * statistics.mean(steps)
+    return dict(wait_ms=wait_ms, step_ms=step_ms, wait_fraction=wait_ms / (wait_ms + step_ms),
+                first_wait_ms=1e3 * statistics.mean(first_waits), epochs_started=len(first_waits), steps=len(steps),
+                wait_max_ms=1e3 * max(waits), build_batch_ms=1e3 * build,
+                chat_encode_ms_per_sample=1e3 * encode_s / 64, pooled_get_ms_per_sample=1e3 * read_s / 64)
+
+
+@contextlib.contextmanager
+def counting_h5_reads():
+    """Sum the nbytes of every array h5py hands back while the block runs."""
+    counter = dict(bytes=0, reads=0)
+    original = h5py.Dataset.__getitem__
+
+    def counted(self, *a, **k):
+        out = original(self, *a, **k)
+        counter["bytes"] += getattr(out, "nbytes", 0)
+        counter["reads"] += 1
+        return out
+
+    h5py.Dataset.__getitem__ = counted
+    try:
+        yield counter
+    finally:
+        h5py.Dataset.__getitem__ = original
+
+
+def rchar() -> int:
+    text = Path("/proc/self/io").read_text()
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("rchar:")))
+
+
+def measure_bytes(trainer: Trainer, cache_path: Path, samples: int = 200) -> dict:
+    """Bytes per sample: the sidecar reads InstructionDataset.__getitem__ does vs the raw cache's."""
+    ids = [i.video_id for i in trainer.instructions[:samples]]
+    raw_cache = open_cache(cache_path)
+    trainer.dataset[0], raw_cache[ids[0]]  # open the files first: opening is not a per-sample cost
+    result = {}
+    for name, read in (("pooled", lambda i: trainer.dataset[i]), ("raw", lambda i: raw_cache[ids[i]])):
+        before = rchar()
+        with counting_h5_reads() as counter:
+            for i in range(len(ids)):
+                read(i)
+        result[name] = dict(array_bytes=counter["bytes"] / len(ids), reads=counter["reads"] / len(ids),
+                            syscall_bytes=(rchar() - before) / len(ids))
+    info = raw_cache.info
+    T, N, D = info["num_frames"], info["num_patches"], info["hidden_size"]
+    result.update(formula_pooled=(T + N) * D * 2, formula_raw=T * N * D * 2, shape=dict(T=T, N=N, D=D),
+                  big=dict(BIG, pooled=(BIG["T"] + BIG["N"]) * BIG["D"] * 2, raw=BIG["T"] * BIG["N"] * BIG["D"] * 2))
+    return result
+
+
+def tree_memory(root_pid: int) -> tuple[int, int, int]:
+    """(summed RSS, summed PSS in bytes, process count) of root_pid and all its descendants."""
+    parent_of = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent_of[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, grew = {root_pid}, True
+    while grew:
+        more = {pid for pid, ppid in parent_of.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    rss = pss = 0
+    for pid in tree:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue  # ended between the listing and the read
+    return rss, pss, len(tree)
+
+
+def measure_rss(root: Path, cache: Path, model: Path, qa: list[dict], args) -> dict:
+    """Peak memory of run_train over 100 vs 1000 questions, each in a fresh subprocess."""
+    peaks = {}
+    for count in BENCH["rss_questions"]:
+        annotations = write_questions(root / f"qa-{count}.json", qa, count)
+        out = root / f"rss-{count}"
+        command = [sys.executable, __file__, "--rss-child", str(annotations), str(cache), str(model), str(out),
+                   "--batch", str(args.batch), "--workers", str(args.workers), "--threads", str(args.threads),
+                   "--rss-steps", str(args.rss_steps), "--frames", str(args.frames)]
+        log = root / f"rss-{count}.log"
+        with open(log, "w") as stderr, tempfile.TemporaryFile("w+") as stdout:
+            child = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+            tree_rss = tree_pss = processes = 0
+            while child.poll() is None:
+                rss, pss, n = tree_memory(child.pid)
+                tree_rss, tree_pss, processes = max(tree_rss, rss), max(tree_pss, pss), max(processes, n)
+                time.sleep(0.02)
+            stdout.seek(0)
+            lines = stdout.read().strip().splitlines()
+        if child.returncode != 0 or not lines:
+            raise RuntimeError(f"rss child over {count} questions failed ({child.returncode}); see {log}:\n"
+                               + log.read_text()[-2000:])
+        peaks[count] = dict(json.loads(lines[-1]), tree_rss_mib=tree_rss / 2**20, tree_pss_mib=tree_pss / 2**20,
+                            max_processes=processes)
+    return peaks
+
+
+def rss_child(args) -> None:
+    """In a fresh process: one run_train; its peak RSS, its largest worker's, and its ms/step."""
+    annotations, cache, model, out = args.rss_child
+    cfg = TrainConfig(cache, annotations, out, model=model, pooling=BENCH["pooling"],
+                      temporal_module=BENCH["temporal_module"], batch_size=args.batch, lr=1e-4, device="cpu",
+                      dtype="float32", num_workers=args.workers, max_steps=args.rss_steps,
+                      pooled_dir=str(Path(out) / "pooled"))  # each run pools for itself
+    stamps = []
+    summary = run_train(cfg, progress=lambda p: stamps.append(time.perf_counter()))
+    mib = lambda who: resource.getrusage(who).ru_maxrss / 1024  # noqa: E731 - Linux: KiB
+    steady = (stamps[-1] - stamps[1]) / (len(stamps) - 2) if len(stamps) > 2 else float("nan")
+    print(json.dumps(dict(steps=summary.steps, questions=len(read_instructions(annotations)),
+                          parent_mib=mib(resource.RUSAGE_SELF), worker_mib=mib(resource.RUSAGE_CHILDREN),
+                          seconds=summary.seconds, ms_per_step=1e3 * steady)))
+
+
+def report(results: dict, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s, lo, by, rss = results["steps"], results["loader"], results["bytes"], results["rss"]
+    table = Table(title=f"redvillm-train: {args.videos} videos, {s['shape']}, batch {args.batch}, LLM width "
+                        f"{BENCH['model'].text_hidden} x {BENCH['model'].text_layers} layers, pooling "
+                        f"{BENCH['pooling']}, {args.workers} loader workers, torch threads {args.threads}")
+    for column in ("measure", "value", "note"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    table.add_row("step, from the cache", f"{s['cached_ms']:.1f} ms", f"_step on pooled tokens (median of "
+                  f"{s['cached_steps']})")
+    table.add_row("step, encoder online", f"{s['online_ms']:.1f} ms", f"of which encode_frames + pool "
+                  f"{s['online_encode_ms']:.1f} ms ({s['frames_per_step']} frames; median of {s['online_steps']})")
+    table.add_row("[bold]online / cache", f"[bold]x{s['ratio']:.1f}", "the per-step cost the cache removes")
+    table.add_row("loader wait", f"{lo['wait_ms']:.2f} ms", f"mean blocked in next(batches); max "
+                  f"{lo['wait_max_ms']:.1f} ms ({lo['steps']} steps)")
+    table.add_row("loader step", f"{lo['step_ms']:.1f} ms", "mean _step in the same loop")
+    table.add_row("[bold]wait / (wait + step)", f"[bold]{100 * lo['wait_fraction']:.1f} %", "goal ~0")
+    table.add_row("first batch of an epoch", f"{lo['first_wait_ms']:.0f} ms",
+                  f"worker start, paid every epoch ({lo['epochs_started']} epochs started)")
+    table.add_row("batch build, in-process", f"{lo['build_batch_ms']:.1f} ms",
+                  f"num_workers=0: chat.encode {lo['chat_encode_ms_per_sample']:.2f} + pooled.get "
+                  f"{lo['pooled_get_ms_per_sample']:.2f} ms per sample, + collate")
+    shape = by["shape"]
+    pooled, raw = by["pooled"], by["raw"]
+    table.add_row("bytes/sample, pooled", f"{pooled['array_bytes']:,.0f}", f"(T+N)*D*2 = {by['formula_pooled']:,}; "
+                  f"read(2): {pooled['syscall_bytes']:,.0f}; {pooled['reads']:.0f} h5py reads")
+    table.add_row("bytes/sample, raw cache", f"{raw['array_bytes']:,.0f}", f"T*N*D*2 = {by['formula_raw']:,}; "
+                  f"read(2): {raw['syscall_bytes']:,.0f} (T={shape['T']} N={shape['N']} D={shape['D']})")
+    table.add_row("[bold]raw / pooled", f"[bold]x{raw['array_bytes'] / pooled['array_bytes']:.1f}",
+                  f"read(2): x{raw['syscall_bytes'] / pooled['syscall_bytes']:.1f}")
+    big = by["big"]
+    table.add_row(f"{big['name']}, T={big['T']}", f"x{big['raw'] / big['pooled']:.1f}",
+                  f"arithmetic: pooled {big['pooled'] / 1e6:.2f} MB vs raw {big['raw'] / 1e6:.1f} MB per sample "
+                  f"(N={big['N']} D={big['D']})")
+    small, large = (rss[n] for n in BENCH["rss_questions"])
+    for key, label in (("parent_mib", "trainer process"), ("worker_mib", "largest loader worker"),
+                       ("tree_rss_mib", "process tree, sum RSS"), ("tree_pss_mib", "process tree, sum PSS")):
+        table.add_row(f"peak RSS, {label}", f"x{large[key] / small[key]:.2f}",
+                      f"{small[key]:.0f} MiB ({small['questions']} questions) -> {large[key]:.0f} MiB "
+                      f"({large['questions']}); goal ~1")
+    table.add_row("run_train ms/step", f"{large['ms_per_step']:.1f} ms",
+                  f"{small['ms_per_step']:.1f} ms at {small['questions']} questions; steps 2..{large['steps']}, "
+                  "loader wait included")
+    table.add_row("wall time", f"{results['seconds']:.0f} s", "whole benchmark, setup included")
+    Console(width=160).print(table)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=50, help="even: each synthetic video has a twin")
+    parser.add_argument("--frames", type=int, default=32, help="T: frames per video, all of them cached")
+    parser.add_argument("--batch", type=int, default=8, help="B: samples per step")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps from the cache")
+    parser.add_argument("--workers", type=int, default=TrainConfig.num_workers, help="DataLoader workers")
+    parser.add_argument("--rss-steps", type=int, default=20, help="max_steps of each peak-RSS run_train")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--out-dir", type=Path, default=None, help="keep videos, model, cache and runs here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--rss-child", nargs=4, metavar=("QA", "CACHE", "MODEL", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.videos < 2 or args.videos % 2:
+        parser.error("--videos must be even and >= 2")
+    if args.batch > args.videos:
+        parser.error("--batch must be <= --videos: the online step encodes B different videos")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        return rss_child(args)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        root = args.out_dir or Path(tmp) / "run"
+        root.mkdir(parents=True, exist_ok=False)  # fresh: cache and sidecars are written from scratch
+        model = build_tiny_llava(root / "tiny-llava", BENCH["model"])
+        videos, cache, qa = make_data(root, model, args)
+        annotations = write_questions(root / "qa-loader.json", qa, max(BENCH["rss_questions"]))
+        trainer = Trainer(train_config(cache, annotations, root / "unused", model, args))
+        results = dict(bytes=measure_bytes(trainer, cache), steps=measure_steps(trainer, videos, model, args),
+                       loader=measure_loader(trainer, args))
+        del trainer
+        results["rss"] = measure_rss(root, cache, model, qa, args)
+    results.update(seconds=time.perf_counter() - started, torch_threads=args.threads,
+                   settings=dict(videos=args.videos, frames=args.frames, batch=args.batch, workers=args.workers,
+                                 rss_steps=args.rss_steps, video=BENCH["video"], model=vars(BENCH["model"]),
+                                 pooling=BENCH["pooling"], temporal_module=BENCH["temporal_module"]))
+    report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
