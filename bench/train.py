@@ -266,32 +266,29 @@ def measure_bytes(trainer: Trainer, cache_path: Path, samples: int = 200) -> dic
     return result
 
 
-def tree_memory(root_pid: int) -> tuple[int, int, int]:
-    """(summed RSS, summed PSS in bytes, process count) of root_pid and all its descendants."""
-    parent_of = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent_of[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, grew = {root_pid}, True
-    while grew:
-        more = {pid for pid, ppid in parent_of.items() if ppid in tree} - tree
-        tree |= more
-        grew = bool(more)
-    rss = pss = 0
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it, from /proc/PID/task/TID/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in children.read_text().split())
+    return found
+
+
+def tree_memory(root_pid: int) -> tuple[int, int, int, int]:
+    """(summed RSS, summed PSS, largest RSS below the root, process count) in bytes."""
+    rss = pss = largest_child = 0
+    tree = descendants(root_pid)
     for pid in tree:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1]) * 1024
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1]) * 1024
-        except OSError:
-            continue  # ended between the listing and the read
-    return rss, pss, len(tree)
+        with contextlib.suppress(OSError):  # ended between the listing and the read
+            fields = dict(line.split()[:2] for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+            rss, pss = rss + int(fields["Rss:"]) * 1024, pss + int(fields["Pss:"]) * 1024
+            if pid != root_pid:
+                largest_child = max(largest_child, int(fields["Rss:"]) * 1024)
+    return rss, pss, largest_child, len(tree)
 
 
 def measure_rss(root: Path, cache: Path, model: Path, qa: list[dict], args) -> dict:

@@ -116,3 +116,15 @@ def test_manual_shards_partition_and_reindex(video_copy, tiny_llava, tmp_path):
     second = extract(video_copy, out, tiny_llava, num_shards=2, shard_index=1)
     assert first.extracted + second.extracted == 8 and first.extracted == 4
     assert len(open_cache(out)) == 8
+
+
+@pytest.mark.gpu
+def test_cuda_half_precision_tokens_match_cpu(video_copy, tiny_llava, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    extract(video_copy, tmp_path / "cpu.h5", tiny_llava)
+    extract(video_copy, tmp_path / "gpu.h5", tiny_llava, device="cuda", dtype="float16")
+    cpu, gpu = open_cache(tmp_path / "cpu.h5"), open_cache(tmp_path / "gpu.h5")
+    assert gpu.info["compute_dtype"] == "float16"
+    for video_id in cpu:
+        np.testing.assert_allclose(gpu[video_id].astype(np.float32), cpu[video_id].astype(np.float32), atol=2e-2)

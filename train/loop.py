@@ -130,7 +130,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32 \
         else contextlib.nullcontext()
     llm.adapter.train()
-    step_started, samples_seen = time.perf_counter(), 0
+    step_started, samples_seen, tokens_seen = time.perf_counter(), 0, 0  # tokens: text + video, per rank x world
     for epoch in range(position.epoch, cfg.epochs):
         skip = position.step_in_epoch * cfg.grad_accum * micro if epoch == position.epoch else 0
         sampler.set_position(epoch, skip)
@@ -144,12 +144,13 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
             step_in_epoch += 1
             position = checkpoint.Position(position.step + 1, epoch, step_in_epoch)
             samples_seen += sum(b.input_ids.shape[0] for b in micro_batches) * info.world_size
+            tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches) * info.world_size
             losses.append(loss)
-            rate = samples_seen / max(time.perf_counter() - step_started, 1e-9)
-            lr = scheduler.get_last_lr()[0]
+            elapsed = max(time.perf_counter() - step_started, 1e-9)
+            rate, lr = samples_seen / elapsed, scheduler.get_last_lr()[0]
             if info.is_main and (position.step % cfg.log_every == 0 or position.step == total_steps):
                 _append_log(out / LOG_FILE, {"step": position.step, "epoch": epoch, "loss": loss, "lr": lr,
-                                             "samples_per_s": rate})
+                                             "samples_per_s": rate, "tokens_per_s": tokens_seen / elapsed})
             if progress:
                 progress(TrainProgress(position.step, total_steps, epoch, loss, lr, rate))
             stop = should_stop is not None and should_stop(position.step)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
+from redvillm.families.chat import ChatFormat
 from redvillm.frames import FramePreprocess
 
 
@@ -34,6 +35,24 @@ class Family(Protocol):
 
     def vision_provenance(self) -> dict[str, Any]:
         """What makes cached tokens specific to this backbone (layer, strategy, ...)."""
+        ...
+
+    # Stage two and inference (K: LLM width).
+
+    def load_backbone(self, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+        """The image LLM, frozen, from from_pretrained; its vision tower may be dropped."""
+        ...
+
+    def projector(self, backbone: torch.nn.Module) -> torch.nn.Module:
+        """g_z, the image LLM's own alignment module: (..., D) -> (..., K)."""
+        ...
+
+    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, N, D) -> temporal tokens (T, D) and spatial tokens (N', D') as the projector takes them."""
+        ...
+
+    def chat_format(self) -> ChatFormat:
+        """The backbone's chat template with one image placeholder, as token ids."""
         ...
 
 
