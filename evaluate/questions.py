@@ -1,0 +1,422 @@
+"""Evaluation questions of every public format read into one row type, `Question`.
+
+Accepted forms, detected from the content of the first row (JSON list, JSONL with one object
+per line, or an object holding the list under one key; the extension is not trusted):
+
+    question/answer pair    ActivityNet-QA (and the MSVD/MSRVTT copies made the same way):
+                            test_q.json rows {"video_name", "question_id", "question"} and
+                            test_a.json rows {"answer", "type", "question_id"}, joined ON
+                            question_id (never by position: reordered files stay right).
+                            The answers file is `answers_path`, else found beside the questions
+                            file by name (<x>_q.json -> <x>_a.json / .jsonl), else there is none
+                            and every answer is None. `type` is ActivityNet's code
+                            (0 motion, 1 spatial, 2 temporal, 3 yes_no, 4 color, 5 object,
+                            6 location, 7 number, 8 other) or one of those names.
+    one-file QA             MSVD-QA / MSRVTT-QA / TGIF-QA copies: rows holding a video, a
+                            question and (in every row or in none) an answer. Field names:
+                              video     video_name | video_id | video | gif_name
+                              question  question | q | Q
+                              answer    answer | a | A
+                              id        question_id | qid | id      (optional)
+                              type      qtype | type | answer_type  (optional, kept as text:
+                                        integer codes stay "3", since the code tables differ
+                                        between datasets, e.g. TGIF FrameQA's 0-3)
+    generative benchmark    Video-ChatGPT's generic_qa.json / temporal_qa.json rows
+                            {"video_name", "Q", "A"}: task "temporal" if the file name contains
+                            "temporal", else "generic" (`task=` overrides; a one-file QA file
+                            read with task="generic" works too).
+                            consistency_qa.json rows {"video_name", "Q1", "Q2", "A"}: two
+                            Questions per row, pair "q1" / "q2", same video and answer.
+
+Question ids are stable across runs and do not depend on which videos are cached: the given
+question id, else "<video>#<row>" (row = 0-based position, line - 1 for JSONL); the two
+questions of a consistency row get "<id>/q1" and "<id>/q2". Ids must be unique in a file.
+
+Video names become stage one's ids (the file stem): directories and video / feature file
+extensions are cut, integers become text. With `video_ids` (the ids in the token cache) each
+name is resolved by `resolve_video_id`; a question whose video is not cached is not an error:
+it goes to `QuestionSet.missing_video` for the caller to count and list.
+
+A row that cannot be read stops the read with a one-line UserError naming the file, the row
+and the field. Join leftovers (a question without an answer row, an answer without a
+question) are not fatal: they are skipped and described one per line in
+`QuestionSet.unmatched`; if nothing joins at all the answers file is refused as the wrong one.
+Text keeps any UTF-8 (Chinese included), losing only surrounding whitespace.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from collections.abc import Callable, Container
+from typing import Any
+
+from redvillm.data.annotations import ID_EXTENSIONS, _first_line_is_object, _keys, _kind, _one_line, _strip_extension
+from redvillm.errors import UserError
+
+TASKS = ("qa", "generic", "temporal", "consistency")
+ACTIVITYNET_TYPES = ("motion", "spatial", "temporal", "yes_no", "color", "object", "location", "number", "other")
+
+VIDEO_KEYS = ("video_name", "video_id", "video", "gif_name")  # first present wins
+QUESTION_KEYS = ("question", "q", "Q")
+ANSWER_KEYS = ("answer", "a", "A")
+QID_KEYS = ("question_id", "qid", "id")
+TYPE_KEYS = ("qtype", "type", "answer_type")
+PAIR_KEYS = {"q1": ("Q1", "q1"), "q2": ("Q2", "q2")}
+# TGIF copies name the .gif itself; stage one needs it converted, keeping the stem.
+NAME_EXTENSIONS = frozenset(ID_EXTENSIONS | {".gif"})
+_ANY_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's
+FORM_HINT = ("give a JSON list (or JSONL) of {video_name, question, answer} rows, ActivityNet-QA's "
+             "test_q.json, or Video-ChatGPT's {video_name, Q, A} / {video_name, Q1, Q2, A} rows")
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: str    # unique in its file, stable across runs (see module docstring)
+    video_id: str       # stage one's id (file stem), resolved against the cache when one is given
+    question: str
+    answer: str | None  # reference answer; None when the file has no answers
+    task: str           # "qa" | "generic" | "temporal" | "consistency"
+    qtype: str | None = None  # ActivityNet-QA answer type name (or the file's own type label)
+    pair: str | None = None   # consistency: "q1" / "q2"
+    row: int = 0              # 0-based row in the questions file (line - 1 for JSONL)
+
+
+@dataclass
+class QuestionSet:
+    questions: list[Question]      # answerable: video cached (or no cache given)
+    missing_video: list[Question]  # video not in `video_ids`; video_id left as read
+    unmatched: list[str] = field(default_factory=list)  # skipped join leftovers, one line each
+    answers_path: Path | None = None  # the answers file that was joined, if any
+
+    @property
+    def missing_video_ids(self) -> list[str]:
+        return sorted({q.video_id for q in self.missing_video})
+
+
+class _RowError(Exception):
+    """What is wrong with one row; the reader adds the file and where."""
+
+
+def read_questions(path: str | Path, answers_path: str | Path | None = None,
+                   video_ids: Container[str] | None = None, task: str | None = None) -> QuestionSet:
+    """Read evaluation questions of any accepted form; see the module docstring.
+
+    `video_ids`: the cached ids (a set, or the TokenCache itself: only `in` is used).
+    """
+    path = Path(path)
+    if task is not None and task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    rows, locate = _load_rows(path, "questions")
+    first = rows[0][1]
+    consistency = isinstance(first, dict) and any(k in first for keys in PAIR_KEYS.values() for k in keys)
+    if consistency:
+        if task not in (None, "consistency"):
+            raise UserError(f"{path}: rows hold Q1/Q2 pairs (consistency questions), not task {task!r}; "
+                            "drop the task or pass a {video_name, Q, A} file")
+        if answers_path is not None:
+            raise UserError(f"{path}: consistency rows carry their answer \"A\"; drop the answers file")
+        questions, unmatched, used = _each_row(path, rows, locate, _consistency_row), [], None
+    else:
+        if task == "consistency":
+            raise UserError(f"{path}: task consistency needs rows with Q1 and Q2; this file's first row has: "
+                            f"{_keys(first) if isinstance(first, dict) else _kind(first)}")
+        questions, unmatched, used = _read_qa(path, rows, locate, answers_path, task or _auto_task(path, first))
+    _check_unique(path, questions, locate)
+    if video_ids is None:
+        return QuestionSet(questions, [], unmatched, used)
+    return _split_by_video(questions, unmatched, used, video_ids)
+
+
+def resolve_video_id(name: str, known: Container[str]) -> str | None:
+    """The id in `known` that a question's video name means, else None.
+
+    Tried in order: the name itself, "v_" + name (ActivityNet-QA names lack the prefix its
+    files carry), the name without "v_", the same for the name's file stem, and for a bare
+    number "video<n>" (MSRVTT-QA's integer ids vs. its video<n>.mp4 files). An exact match
+    therefore wins over a prefixed one.
+    """
+    for candidate in _candidates(name):
+        if candidate in known:
+            return candidate
+    return None
+
+
+# --- forms -----------------------------------------------------------------------------------
+
+def _auto_task(path: Path, first: Any) -> str:
+    if isinstance(first, dict) and "Q" in first and not any(k in first for k in ("question", "q")):
+        return "temporal" if "temporal" in path.name.lower() else "generic"
+    return "qa"
+
+
+def _read_qa(path: Path, rows, locate, answers_path, task) -> tuple[list[Question], list[str], Path | None]:
+    first = rows[0][1]
+    if isinstance(first, dict) and not _present(first, QUESTION_KEYS) and _present(first, ANSWER_KEYS):
+        raise UserError(f"{path}: looks like an answers file (rows have {_keys(first)}, no question); pass the "
+                        "questions file and give this one as the answers file")
+    with_answers = isinstance(first, dict) and _present(first, ANSWER_KEYS) is not None
+    if with_answers and answers_path is not None:
+        raise UserError(f"{path}: rows already carry answers; drop the answers file {answers_path}")
+    if not with_answers:
+        answers_path = Path(answers_path) if answers_path is not None else _sibling_answers(path)
+    joining = answers_path is not None
+    questions = _each_row(path, rows, locate, lambda obj, row: _qa_row(obj, row, task, with_answers, joining))
+    if not joining:
+        return questions, [], None
+    joined, unmatched = _join(path, questions, answers_path, locate)
+    return joined, unmatched, answers_path
+
+
+def _qa_row(obj: dict, row: int, task: str, with_answers: bool, joining: bool) -> list[Question]:
+    video = _video_name(obj)
+    question = _text(obj, QUESTION_KEYS, "question", numbers=False)
+    if not with_answers and _present(obj, ANSWER_KEYS):
+        raise _RowError(f'has "{_present(obj, ANSWER_KEYS)}" but the first row has no answer; either every '
+                        "row carries its answer or none does (then they come from an answers file)")
+    answer = _text(obj, ANSWER_KEYS, "answer") if with_answers else None
+    qid = _text(obj, QID_KEYS, "question id (the key to the answers file)" if joining else "question id",
+                required=joining)
+    qtype = _text(obj, TYPE_KEYS, "question type", required=False)
+    return [Question(qid or f"{video}#{row}", video, question, answer, task,
+                     qtype.lower() if qtype else None, None, row)]
+
+
+def _consistency_row(obj: dict, row: int) -> list[Question]:
+    video = _video_name(obj)
+    answer = _text(obj, ANSWER_KEYS, "answer")
+    qid = _text(obj, QID_KEYS, "question id", required=False) or f"{video}#{row}"
+    return [Question(f"{qid}/{pair}", video, _text(obj, keys, f"question {pair[1]}", numbers=False), answer,
+                     "consistency", None, pair, row) for pair, keys in PAIR_KEYS.items()]
+
+
+# --- the answers file and the join -------------------------------------------------------
+
+def _sibling_answers(path: Path) -> Path | None:
+    if not path.stem.endswith("_q"):
+        return None
+    stem = path.stem[:-2] + "_a"
+    for suffix in dict.fromkeys((path.suffix, ".json", ".jsonl")):
+        candidate = path.with_name(stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _join(path: Path, questions: list[Question], answers_path: Path, locate) -> tuple[list[Question], list[str]]:
+    answers, where = _read_answers(answers_path)
+    joined, unmatched, used = [], [], set()
+    for q in questions:
+        if q.question_id not in answers:
+            unmatched.append(_one_line(f"{path}: {locate(q.row)}: question_id {q.question_id} has no answer in "
+                                       f"{answers_path.name}; skipped"))
+            continue
+        answer, qtype, _ = answers[q.question_id]
+        used.add(q.question_id)
+        joined.append(replace(q, answer=answer, qtype=qtype or q.qtype))
+    for qid, (_, _, row) in answers.items():
+        if qid not in used:
+            unmatched.append(_one_line(f"{answers_path}: {where(row)}: question_id {qid} has no question in "
+                                       f"{path.name}; skipped"))
+    if questions and not joined:
+        raise UserError(f"{answers_path}: none of its {len(answers)} question ids matches one of the "
+                        f"{len(questions)} questions in {path}; pass the answers file of these questions")
+    return joined, unmatched
+
+
+def _read_answers(path: Path) -> tuple[dict[str, tuple[str, str | None, int]], Locate]:
+    """question_id -> (answer, type name, row) of an ActivityNet-style answers file, and its locator."""
+    rows, locate = _load_rows(path, "answers")
+    answers: dict[str, tuple[str, str | None, int]] = {}
+    for row, obj in rows:
+        try:
+            if not isinstance(obj, dict):
+                raise _RowError(f"expected an object, got {_kind(obj)}; answer rows are {{answer, type, question_id}}")
+            qid = _text(obj, QID_KEYS, "question id")
+            answer = _text(obj, ANSWER_KEYS, "answer")
+            qtype = _activitynet_type(obj)
+        except _RowError as err:
+            raise UserError(_one_line(f"{path}: {locate(row)}: {err}")) from None
+        if qid in answers:
+            raise UserError(_one_line(f"{path}: {locate(row)}: question_id {qid} repeats {locate(answers[qid][2])}; "
+                                      "each question needs one answer row"))
+        answers[qid] = (answer, qtype, row)
+    return answers, locate
+
+
+def _activitynet_type(obj: dict) -> str | None:
+    if "type" not in obj:
+        return None
+    code = obj["type"]
+    if isinstance(code, str) and code.strip().lower().replace("/", "_") in ACTIVITYNET_TYPES:
+        return code.strip().lower().replace("/", "_")
+    if isinstance(code, str) and code.strip().isdigit():
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 0 <= code < len(ACTIVITYNET_TYPES):
+        return ACTIVITYNET_TYPES[code]
+    raise _RowError(f'"type" is {json.dumps(code, ensure_ascii=False)}; ActivityNet-QA codes are 0-8 '
+                    f"({', '.join(f'{i} {n}' for i, n in enumerate(ACTIVITYNET_TYPES))})")
+
+
+# --- fields ----------------------------------------------------------------------------------
+
+def _present(obj: dict, keys) -> str | None:
+    return next((k for k in keys if k in obj), None)
+
+
+def _text(obj: dict, keys, what: str, required: bool = True, numbers: bool = True) -> str | None:
+    """The first present of `keys` as stripped non-empty text (numbers become text if allowed)."""
+    key = _present(obj, keys)
+    if key is None:
+        if not required:
+            return None
+        names = ", ".join(f'"{k}"' for k in keys)
+        raise _RowError(f"missing {what} (one of {names}); this row has: {_keys(obj)}")
+    value = obj[key]
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise _RowError(f'"{key}" ({what}) must be {"text or a number" if numbers else "text"}, got {_kind(value)}')
+    if not value.strip():
+        raise _RowError(f'empty "{key}" ({what})')
+    return value.strip()
+
+
+def _video_name(obj: dict) -> str:
+    """Stage one's id of the row's video: no directory, no video / feature extension."""
+    name = _text(obj, VIDEO_KEYS, "video")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    key = _present(obj, VIDEO_KEYS)
+    video = _ANY_EXTENSION.sub("", name) if key == "video" else _strip_extension(name, NAME_EXTENSIONS)
+    if not video:
+        raise _RowError(f'"{key}" is only a file extension; give the video file name')
+    return video
+
+
+def _candidates(name: str) -> list[str]:
+    name = name.strip()
+    stem = _ANY_EXTENSION.sub("", name.replace("\\", "/").rsplit("/", 1)[-1])
+    out = []
+    for base in (name, stem):
+        out += [base, "v_" + base] + ([base[2:]] if base.startswith("v_") else [])
+        out += ["video" + base] if base.isdigit() else []
+    return [c for c in dict.fromkeys(out) if c]
+
+
+# --- rows of a file --------------------------------------------------------------------------
+
+Locate = Callable[[int], str]
+
+
+def _each_row(path: Path, rows, locate: Locate, parse: Callable[[dict, int], list[Question]]) -> list[Question]:
+    questions: list[Question] = []
+    for row, obj in rows:
+        try:
+            if not isinstance(obj, dict):
+                raise _RowError(f"expected an object, got {_kind(obj)}")
+            questions.extend(parse(obj, row))
+        except _RowError as err:
+            raise UserError(_one_line(f"{path}: {locate(row)}: {err}")) from None
+    return questions
+
+
+def _check_unique(path: Path, questions: list[Question], locate: Locate) -> None:
+    seen: dict[str, int] = {}
+    for q in questions:
+        if q.question_id in seen:
+            raise UserError(_one_line(f"{path}: {locate(q.row)}: question id {q.question_id} repeats "
+                                      f"{locate(seen[q.question_id])}; question ids must be unique"))
+        seen[q.question_id] = q.row
+
+
+def _split_by_video(questions, unmatched, answers_path, video_ids: Container[str]) -> QuestionSet:
+    resolved: dict[str, str | None] = {}
+    kept, missing = [], []
+    for q in questions:
+        if q.video_id not in resolved:
+            resolved[q.video_id] = resolve_video_id(q.video_id, video_ids)
+        video_id = resolved[q.video_id]
+        if video_id is None:
+            missing.append(q)
+        else:
+            kept.append(q if video_id == q.video_id else replace(q, video_id=video_id))
+    return QuestionSet(kept, missing, unmatched, answers_path)
+
+
+def _load_rows(path: Path, what: str) -> tuple[list[tuple[int, Any]], Locate]:
+    text = _read_text(path, what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if _first_line_is_object(text):
+            return _jsonl_rows(path, text)
+        raise UserError(_one_line(f"{path}: line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+                                  f"{FORM_HINT}")) from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+        locate: Locate = lambda row: f"row {row}"  # noqa: E731
+    elif isinstance(data, list):
+        locate = _list_locator(text)
+    elif isinstance(data, dict):
+        return [(0, data)], lambda row: "row 0 (the only object)"
+    else:
+        raise UserError(f"{path}: the top level is {_kind(data)}, not a list of rows; {FORM_HINT}")
+    if not data:
+        raise UserError(f"{path}: no {what} in this file (an empty list); {FORM_HINT}")
+    return list(enumerate(data)), locate
+
+
+def _list_locator(text: str) -> Locate:
+    """Names row i of a top-level JSON list with its line; the lines are found once, on first use."""
+    lines: list[int] = []
+
+    def locate(row: int) -> str:
+        if not lines:
+            lines.extend(_row_lines(text))
+        return f"row {row} (line {lines[row]})"
+    return locate
+
+
+def _row_lines(text: str) -> list[int]:
+    """Start line of every element of the (already parsed) top-level list, in one pass."""
+    decoder, lines, line, seen = json.JSONDecoder(), [], 1, 0
+    pos = _WHITESPACE.match(text, _WHITESPACE.match(text).end() + 1).end()  # past "["
+    while pos < len(text) and text[pos] != "]":
+        line, seen = line + text.count("\n", seen, pos), pos
+        lines.append(line)
+        _, pos = decoder.raw_decode(text, pos)
+        pos = _WHITESPACE.match(text, pos).end()
+        if text[pos] == ",":
+            pos = _WHITESPACE.match(text, pos + 1).end()
+    return lines
+
+
+def _jsonl_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], Locate]:
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 is legal in JSON
+        if line.strip():
+            try:
+                rows.append((number - 1, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise UserError(_one_line(f"{path}: line {number}: not valid JSON ({err.msg}, column "
+                                          f"{err.colno}); JSONL needs one complete object per line")) from None
+    return rows, lambda row: f"line {row + 1}"
+
+
+def _read_text(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; pass the {what} file (.json or .jsonl)")
+    if not path.exists():
+        raise UserError(f"{path}: no such file; pass the {what} file (.json or .jsonl)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty; {FORM_HINT}")
+    return text
