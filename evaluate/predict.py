@@ -1,0 +1,202 @@
+"""``run_predict``: answer every question of a benchmark from cached tokens, resumably.
+
+Output: one JSON line per answered question, appended and flushed batch by batch (a kill loses
+at most the batch in flight; a rerun skips every question already answered):
+
+    {"question_id", "video_id", "task", "qtype", "pair", "question", "answer", "pred"}
+
+and beside it PREDS.meta.json: the model, cache, question file, generation parameters, and the
+questions that could not be answered (video not in the cache, answer rows that did not join).
+Under torchrun each rank answers questions[rank::world] into PREDS.parts/rank<r>.jsonl, and
+rank 0 merges the parts into PREDS by question id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+import redvillm
+from redvillm import distributed
+from redvillm.batching import VideoSample, collate
+from redvillm.cache import open_cache
+from redvillm.errors import UserError
+from redvillm.evaluate.questions import Question, read_questions
+from redvillm.families.registry import load_family
+from redvillm.model_io import load_model, write_json
+
+
+@dataclass
+class PredictConfig:
+    model_dir: str  # a redvillm-train output directory
+    cache: str  # token cache of the benchmark's videos (redvillm-extract)
+    questions: str  # any format of evaluate/questions.py
+    output: str  # predictions JSONL
+    answers: str | None = None  # ActivityNet-QA's test_a.json when not beside test_q.json
+    task: str | None = None  # override the detected task (qa | generic | temporal | consistency)
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    do_sample: bool = False  # greedy by default; sampling parameters are recorded either way
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be >= 1")
+
+
+@dataclass
+class PredictSummary:
+    output: Path
+    questions: int
+    already_answered: int
+    answered: int
+    missing_video: list[str] = field(default_factory=list)  # video ids not in the cache
+    unmatched: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None = None) -> PredictSummary:
+    started = time.perf_counter()
+    info = distributed.init_from_env()
+    device = distributed.resolve_device(cfg.device, info)
+    dtype = distributed.resolve_dtype(cfg.dtype, device)
+    cache = open_cache(cfg.cache)
+    model = load_model(cfg.model_dir, device, dtype)
+    _check_cache(cache, model, cfg)
+    found = read_questions(cfg.questions, cfg.answers, video_ids=cache, task=cfg.task)
+    output = Path(cfg.output)
+    done = read_predictions(output) | _read_parts(output)
+    mine = [q for q in found.questions[info.rank::info.world_size] if q.question_id not in done]
+    summary = PredictSummary(output, len(found.questions), len(found.questions) - _count_left(found, done),
+                             0, found.missing_video_ids, found.unmatched)
+    target = output if info.world_size == 1 else _part_path(output, info.rank)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.do_sample:
+        torch.manual_seed(cfg.seed + info.rank)
+    pool = _PooledVideos(cache, load_family(model.config.model, model.config.revision).pool)
+    sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample else {}
+    with open(target, "a", encoding="utf-8") as out:
+        for start in range(0, len(mine), cfg.batch_size):
+            batch = mine[start : start + cfg.batch_size]
+            preds = _answer(model, pool, batch, cfg.max_new_tokens, sampling)
+            for question, pred in zip(batch, preds):
+                out.write(json.dumps(_record(question, pred), ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            summary.answered += len(batch)
+            if progress:
+                progress(summary.answered, len(mine))
+    distributed.barrier()
+    if info.is_main:
+        if info.world_size > 1:
+            merge_parts(output, [q.question_id for q in found.questions])
+        write_json(_meta_path(output), _meta(cfg, model, cache, found, summary))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _answer(model, pool, batch: list[Question], max_new_tokens: int, sampling: dict) -> list[str]:
+    samples = [VideoSample(model.chat.encode(q.question), *pool.get(q.video_id)) for q in batch]
+    pad = model.chat.tokenizer.pad_token_id if model.chat.tokenizer.pad_token_id is not None else model.chat.eos_id
+    inputs = collate(samples, model.adapter.layout, model.chat.placeholder_id, pad, padding_side="left",
+                     with_labels=False).to(model.device)
+    return model.generate(inputs, max_new_tokens=max_new_tokens, **sampling)
+
+
+class _PooledVideos:
+    """Pooled tokens of the last few videos: benchmarks ask several questions per video."""
+
+    def __init__(self, cache, pool, size: int = 64):
+        self.cache, self.pool, self.size = cache, pool, size
+        self._items: OrderedDict[str, tuple] = OrderedDict()
+
+    def get(self, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if video_id not in self._items:
+            self._items[video_id] = self.pool(torch.from_numpy(self.cache[video_id]))  # (T, D), (N, D)
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(video_id)
+        return self._items[video_id]
+
+
+def _record(question: Question, pred: str) -> dict:
+    return {"question_id": question.question_id, "video_id": question.video_id, "task": question.task,
+            "qtype": question.qtype, "pair": question.pair, "question": question.question,
+            "answer": question.answer, "pred": pred}
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """Answered questions by id; a line cut short by a kill is ignored (answered again)."""
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "question_id" in record and "pred" in record:
+            records[str(record["question_id"])] = record
+    return records
+
+
+def _part_path(output: Path, rank: int) -> Path:
+    return output.with_name(output.name + ".parts") / f"rank{rank:03d}.jsonl"
+
+
+def _read_parts(output: Path) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    for part in sorted(output.with_name(output.name + ".parts").glob("rank*.jsonl")):
+        records |= read_predictions(part)
+    return records
+
+
+def merge_parts(output: Path, order: list[str]) -> None:
+    """Rank files + earlier output -> one file in question order, joined by question id."""
+    records = read_predictions(output) | _read_parts(output)
+    tmp = output.with_name(f".{output.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for question_id in order:
+            if question_id in records:
+                out.write(json.dumps(records[question_id], ensure_ascii=False) + "\n")
+    os.replace(tmp, output)
+    for part in output.with_name(output.name + ".parts").glob("rank*.jsonl"):
+        part.unlink()
+
+
+def _count_left(found, done) -> int:
+    return sum(q.question_id not in done for q in found.questions)
+
+
+def _meta_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".meta.json")
+
+
+def _meta(cfg: PredictConfig, model, cache, found, summary: PredictSummary) -> dict:
+    return {"redvillm_version": redvillm.__version__, "predict_config": asdict(cfg),
+            "model": asdict(model.config), "cache": cache.info,
+            "answers_file": str(found.answers_path) if found.answers_path else None,
+            "questions": summary.questions, "answered": len(read_predictions(summary.output)),
+            "missing_video_questions": len(found.missing_video), "missing_videos": summary.missing_video,
+            "unmatched": summary.unmatched}
+
+
+def _check_cache(cache, model, cfg: PredictConfig) -> None:
+    info, config = cache.info, model.config
+    if (info["family"], info["hidden_size"]) != (config.family, config.hidden_size) or \
+            info["num_patches"] != config.num_patches:
+        raise UserError(f"{cfg.cache}: tokens of {info['model']} (N={info['num_patches']}, D={info['hidden_size']}) "
+                        f"do not fit {cfg.model_dir} (trained on {config.model}, N={config.num_patches}, "
+                        f"D={config.hidden_size}); extract the benchmark's videos with the model it was trained on")
