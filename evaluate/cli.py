@@ -1,12 +1,120 @@
-"""`redvillm-eval`: not implemented yet (evaluation lands in its own issue)."""
+"""`redvillm-eval predict | judge | ask`: thin click commands over the evaluation library."""
 
-import sys
+from __future__ import annotations
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from redvillm.cli import config_from, friendly_errors, quiet_libraries
+
+SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.group(context_settings=SETTINGS)
 def main() -> None:
-    """Answer and judge video questions (not implemented yet)."""
-    click.echo("redvillm-eval: not yet implemented (evaluation is a separate issue)", err=True)
-    sys.exit(2)
+    """Answer benchmark questions with a trained run, judge the answers, or ask about one video."""
+
+
+@main.command(context_settings=SETTINGS)
+@click.option("--model-dir", required=True, type=click.Path(), help="A redvillm-train output directory.")
+@click.option("--cache", required=True, type=click.Path(), help="Token cache of the benchmark's videos.")
+@click.option("--questions", required=True, type=click.Path(), help="Questions file (any supported format).")
+@click.option("--answers", default=None, type=click.Path(), help="ActivityNet-QA answers file, if not beside.")
+@click.option("--task", type=click.Choice(["qa", "generic", "temporal", "consistency"]), default=None,
+              help="Override the task detected from the file.")
+@click.option("--output", required=True, type=click.Path(), help="Predictions JSONL (appended; reruns resume).")
+@click.option("--batch-size", default=8)
+@click.option("--max-new-tokens", default=64)
+@click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", default=1.0)
+@click.option("--top-p", default=1.0)
+@click.option("--seed", default=0)
+@click.option("--device", default="auto")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.pass_context
+@friendly_errors
+def predict(ctx: click.Context, config_file: str | None, **flags) -> None:
+    """Answer every question from cached tokens into a predictions JSONL."""
+    quiet_libraries()
+    from redvillm.evaluate.predict import PredictConfig, run_predict
+
+    cfg = config_from(ctx, PredictConfig, config_file, **flags)
+    console = Console(stderr=True)
+    with _bar(console, "predict") as update:
+        summary = run_predict(cfg, lambda done, total: update(done, total, ""))
+    console.print(f"{summary.answered} answered now, {summary.already_answered} before, of {summary.questions} "
+                  f"questions -> {summary.output}", highlight=False)
+    if summary.missing_video:
+        shown = ", ".join(summary.missing_video[:5])
+        console.print(f"[yellow]{len(summary.missing_video)} videos not in the cache, their questions skipped "
+                      f"(first: {shown}); see {summary.output.stem}.meta.json", highlight=False)
+    for problem in summary.unmatched[:5]:
+        console.print(f"[yellow]{problem}", highlight=False)
+
+
+@main.command(context_settings=SETTINGS)
+@click.argument("predictions", type=click.Path())
+@click.option("--task", required=True, type=click.Choice(["qa", "ci", "do", "cu", "tu", "co"]),
+              help="qa: zero-shot QA; ci/do/cu/tu/co: the generative benchmark's criteria.")
+@click.option("--output", required=True, type=click.Path(), help="Results JSON.")
+@click.option("--dataset", default=None, help="msvd, msrvtt, tgif or activitynet (default: from the file name).")
+@click.option("--judge-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--judge-model", default=None, help="Exact judge model name (pinned, recorded in the results).")
+@click.option("--judge-local", default=None, help="Or a local transformers model as judge.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key.")
+@click.option("--attempts", default=3, help="Asks per row before an unparseable reply counts as judge_failed.")
+@click.option("--retries", default=4, help="HTTP retries per ask (429, 5xx, timeouts).")
+@click.option("--workers", default=1, help="Parallel requests to an HTTP judge.")
+@click.option("--cache", default=None, help="Judge reply cache (default: beside the results).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.pass_context
+@friendly_errors
+def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
+    """Score predictions: no-judge metrics always, an LLM judge when one is given."""
+    quiet_libraries()
+    from redvillm.evaluate.judging import JudgeConfig, run_judge
+    from redvillm.evaluate.report import results_table
+
+    cfg = config_from(ctx, JudgeConfig, config_file, **flags)
+    console = Console(stderr=True)
+    with _bar(console, "judge") as update:
+        results = run_judge(cfg, lambda p: update(p.done, p.total, f"{p.failed} failed"))
+    Console().print(results_table(results))
+    console.print(f"results -> {cfg.output}", highlight=False)
+
+
+@main.command(context_settings=SETTINGS)
+@click.argument("model_dir", type=click.Path())
+@click.argument("video", type=click.Path())
+@click.argument("question")
+@click.option("--device", default="auto")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto")
+@click.option("--max-new-tokens", default=64)
+@friendly_errors
+def ask(model_dir: str, video: str, question: str, device: str, dtype: str, max_new_tokens: int) -> None:
+    """Answer QUESTION about VIDEO with the trained run in MODEL_DIR."""
+    quiet_libraries()
+    from redvillm.evaluate.ask import ask as answer
+
+    click.echo(answer(model_dir, video, question, device, dtype, max_new_tokens))
+
+
+class _bar:
+    def __init__(self, console: Console, name: str):
+        self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[note]}"), TimeRemainingColumn(), console=console)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self.update
+
+    def update(self, done: int, total: int, note: str) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("", total=total, note=note)
+        self.progress.update(self.task, completed=done, total=total, note=note)
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
