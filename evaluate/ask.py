@@ -10,14 +10,14 @@ import torch
 from redvillm import distributed
 from redvillm.batching import VideoSample, collate
 from redvillm.errors import UserError
-from redvillm.extract.decode import DecodeSettings, decode_video, explain
+from redvillm.extract.decode import DecodeJob, DecodePool, DecodeSettings
 from redvillm.extract.pipeline import encode_frames
 from redvillm.families.registry import load_family
 from redvillm.model_io import load_model
 
 
 def ask(run_dir: str, video: str, question: str, device: str = "auto", dtype: str = "auto",
-        max_new_tokens: int = 64) -> str:
+        max_new_tokens: int = 64, decode_timeout: float = 120.0) -> str:
     info = distributed.DistInfo()
     torch_device = distributed.resolve_device(device, info)
     torch_dtype = distributed.resolve_dtype(dtype, torch_device)
@@ -27,10 +27,12 @@ def ask(run_dir: str, video: str, question: str, device: str = "auto", dtype: st
     settings = DecodeSettings(model.config.num_frames, cache_info.get("sampling_rule", "uniform"),
                               cache_info.get("short_videos", "repeat"), family.frame_preprocess())
     path = Path(video)
-    try:
-        frames, _ = decode_video(path, settings)  # (T, 3, h, w) uint8
-    except Exception as err:  # noqa: BLE001 - any decoder failure is the user's file
-        raise UserError(f"{path}: cannot read this video ({explain(err)})") from None
+    # The decode pool, as in extraction: decoder noise captured, a hanging file timed out.
+    with DecodePool(settings, num_workers=1, timeout=decode_timeout) as pool:
+        result = next(pool.imap([DecodeJob(path.stem, path)]))
+    if result.error is not None:
+        raise UserError(f"{path}: cannot read this video ({result.error})")
+    frames = result.frames  # (T, 3, h, w) uint8
     encoder = family.load_frame_encoder(torch_device, torch_dtype)
     tokens = encode_frames(encoder, torch.from_numpy(frames), 32, torch_device, torch_dtype, settings.preprocess)
     temporal, spatial = family.pool(torch.from_numpy(tokens))

@@ -87,6 +87,7 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
         torch.manual_seed(cfg.seed + info.rank)
     pool = _PooledVideos(cache, load_family(model.config.model, model.config.revision).pool)
     sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample else {}
+    _end_partial_line(target)
     with open(target, "a", encoding="utf-8") as out:
         for start in range(0, len(mine), cfg.batch_size):
             batch = mine[start : start + cfg.batch_size]
@@ -150,6 +151,15 @@ def read_predictions(path: Path) -> dict[str, dict]:
         if isinstance(record, dict) and "question_id" in record and "pred" in record:
             records[str(record["question_id"])] = record
     return records
+
+
+def _end_partial_line(path: Path) -> None:
+    """A kill mid-write leaves a line without its newline: close it so appends start clean."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 def _part_path(output: Path, rank: int) -> Path:

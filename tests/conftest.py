@@ -56,3 +56,16 @@ def small_cache(synthetic_videos, tiny_llava, tmp_path_factory) -> Path:
 def qa_file(synthetic_videos) -> Path:
     """VideoInstruct-format questions about the sample videos (written by the generator)."""
     return synthetic_videos.parent / "qa.json"
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_cache, qa_file, tmp_path_factory) -> Path:
+    """A two-step redvillm-train run on the small cache (the weights mean nothing)."""
+    from redvillm.train.config import TrainConfig
+    from redvillm.train.loop import run_train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    info_model = __import__("redvillm").open_cache(small_cache).info["model"]
+    run_train(TrainConfig(str(small_cache), str(qa_file), str(out), model=info_model, batch_size=4, max_steps=2,
+                          lr=3e-3, num_workers=0, device="cpu"))
+    return out
