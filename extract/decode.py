@@ -147,7 +147,7 @@ class DecodePool:
                  recycle_after: int = 100):
         self.settings, self.timeout, self.recycle_after = settings, timeout, recycle_after
         self._ctx = mp.get_context("spawn")  # never fork a parent holding torch threads or CUDA
-        self._workers = [self._spawn() for _ in range(max(1, num_workers))]
+        self._workers = [self._spawn() for _ in range(num_workers)]
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -158,6 +158,8 @@ class DecodePool:
 
     def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[DecodeResult]:
         pending = iter(jobs)
+        if not self._workers and next(pending, None) is not None:
+            raise ValueError("a DecodePool without workers cannot decode")
         exhausted = False
         while True:
             for i, worker in enumerate(self._workers):

@@ -85,7 +85,8 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)
     jobs = (DecodeJob(v.video_id, v.path) for v in todo)
-    with DecodePool(settings, cfg.decode_workers, cfg.decode_timeout, cfg.recycle_after) as pool:
+    workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
+    with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
         for i, result in enumerate(pool.imap(jobs), 1):
             _handle(result, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess)
             if progress:
