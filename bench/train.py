@@ -2,7 +2,7 @@
 
     python bench/train.py [--videos 50] [--frames 32] [--batch 8] [--workers 2] [--out-dir DIR] [--json PATH]
 
-Measured in one run, on synthetic h264 videos cached by run_extract with a tiny random-weight
+Measured in one run, on synthetic h264 videos cached by redvillm-extract with a tiny random-weight
 LLaVA (sizes in BENCH below; B batch, T frames, N patches, D vision width):
 
     step, cache     the training step of run_train (train.loop._step: forward + backward + AdamW on
@@ -17,10 +17,12 @@ LLaVA (sizes in BENCH below; B batch, T frames, N patches, D vision width):
                     the raw cache (TokenCache[video_id]) would: array bytes h5py returns, and bytes
                     read(2) by the process (/proc/self/io rchar, HDF5 metadata included)
     peak RSS        run_train(max_steps=--rss-steps) over 100 and 1000 questions about the same videos,
-                    each in a fresh subprocess: the trainer's own peak, its largest DataLoader worker's
-                    (getrusage SELF / CHILDREN), and the peak over the whole process tree of summed RSS
-                    and of summed PSS (forked workers share pages; PSS counts them once), sampled from
-                    /proc every 20 ms. Goal: flat. run_train's own ms/step is taken there too.
+                    each in a fresh subprocess: the trainer's own peak (VmHWM), its largest DataLoader
+                    worker's (getrusage CHILDREN), and the peak over the whole process tree of summed RSS
+                    and of summed PSS (forked workers share the trainer's pages; PSS counts them once),
+                    sampled from /proc (RSS every 20 ms, PSS every 0.5 s). Goal: flat; identical runs
+                    differ by up to ~15 % (trainer 515..600 MiB seen at either size). run_train's own
+                    ms/step is taken there too, as a check on the loop above.
 torch.set_num_threads(--threads) in every process that trains; DataLoader workers use 1 thread.
 """
 
@@ -54,7 +56,7 @@ from redvillm.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava  # noqa: E402
 from redvillm.extract.config import ExtractConfig  # noqa: E402
 from redvillm.extract.decode import DecodeSettings, decode_video  # noqa: E402
-from redvillm.extract.pipeline import encode_frames, run_extract  # noqa: E402
+from redvillm.extract.pipeline import encode_frames  # noqa: E402
 from redvillm.families.registry import load_family  # noqa: E402
 from redvillm.model_io import build_video_llm  # noqa: E402
 from redvillm.train.config import TrainConfig  # noqa: E402
@@ -69,29 +71,35 @@ BENCH = dict(
                           text_hidden=128, text_layers=2),
     pooling="both",
     temporal_module="copy",
-    online_steps=4,  # each encodes B x T frames
-    loader_steps=40,
+    online_steps=3,  # each encodes B x T frames
+    loader_steps=30,
     rss_questions=(100, 1000),
 )
+POLL_S, PSS_EVERY = 0.02, 25  # process-tree sampling: VmRSS every 20 ms, PSS every 0.5 s
 BIG = dict(name="llava-1.5-7b", T=100, N=576, D=1024)  # bytes per sample by arithmetic
 
 
 def make_data(root: Path, model: Path, args) -> tuple[Path, Path, list[dict]]:
-    """Synthetic videos cached by run_extract: (videos dir, cache index, the generator's qa rows)."""
+    """Synthetic videos cached by redvillm-extract: (videos dir, cache index, the generator's qa rows).
+
+    Extraction runs in a subprocess: this process later forks DataLoader workers, and should
+    be the size a trainer is when it does."""
     generate(root / "synthetic", SyntheticConfig(num_videos=args.videos, tasks=("direction",),
                                                  num_frames=args.frames, **BENCH["video"]))
-    videos = root / "synthetic" / "videos"
-    cache = root / "cache" / "cache.h5"
+    videos, cache = root / "synthetic" / "videos", root / "cache" / "cache.h5"
     cache.parent.mkdir()
-    summary = run_extract(extract_config(videos, cache, model, args))
-    if summary.extracted != args.videos:
-        raise RuntimeError(f"run_extract cached {summary.extracted} of {args.videos} videos: {summary.failures}")
+    cfg = extract_config(videos, cache, model, args)
+    done = subprocess.run([sys.executable, "-m", "redvillm.extract", cfg.videos, cfg.output, "--model", cfg.model,
+                           "--num-frames", str(cfg.num_frames), "--device", cfg.device, "--dtype", cfg.dtype],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or len(open_cache(cache)) != args.videos:
+        raise RuntimeError(f"redvillm-extract failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return videos, cache, json.loads((root / "synthetic" / "qa.json").read_text())
 
 
 def extract_config(videos: Path, cache: Path, model: Path, args) -> ExtractConfig:
     return ExtractConfig(str(videos), str(cache), model=str(model), num_frames=args.frames, device="cpu",
-                         dtype="float32", decode_workers=2)
+                         dtype="float32")
 
 
 def write_questions(path: Path, qa: list[dict], count: int) -> Path:
@@ -146,80 +154,88 @@ def timed(fn, *a):
     return time.perf_counter() - started, out
 
 
-def measure_steps(trainer: Trainer, videos: Path, model: Path, args) -> dict:
-    """ms per step: pooled tokens from the sidecar vs the encoder run online on the same videos."""
-    ecfg = extract_config(videos, Path("unused.h5"), model, args)
-    device, dtype = torch.device("cpu"), torch.float32
+def online_samples(trainer: Trainer, videos: Path, cache: Path, model: Path, rows: list[int], args):
+    """A function giving the rows' samples as training without a cache would: the vision encoder
+    on each video's T frames (decoded and resized here, once), then the family's pooling."""
+    cfg = extract_config(videos, cache, model, args)  # the settings the cache was made with
+    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
     encoder = trainer.family.load_frame_encoder(device, dtype)
     preprocess = trainer.family.frame_preprocess()
-    settings = DecodeSettings(ecfg.num_frames, ecfg.sampling, ecfg.short_videos, preprocess)
-    first = {}  # one question per video, the first B videos
+    settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
+    instructions = [trainer.instructions[i] for i in rows]
+    clips = [torch.from_numpy(decode_video(videos / f"{i.video_id}.mp4", settings)[0]) for i in instructions]
+    chats = [trainer.llm.chat.encode(i.question, i.answer) for i in instructions]
+
+    def encode() -> list[VideoSample]:
+        samples = []
+        for clip, chat in zip(clips, chats):  # clip: (T, 3, h, w) uint8
+            tokens = encode_frames(encoder, clip, cfg.batch_size, device, dtype, preprocess)  # (T, N, D) fp16
+            samples.append(VideoSample(chat, *trainer.family.pool(torch.from_numpy(tokens))))  # (T, D), (N, D)
+        return samples
+
+    return encode, f"T={clips[0].shape[0]} N={encoder.num_patches} D={encoder.hidden_size}"
+
+
+def measure_steps(trainer: Trainer, videos: Path, cache: Path, model: Path, args) -> dict:
+    """ms per step: pooled tokens from the sidecar vs the encoder run online on the same B videos."""
+    first = {}
     for index, instruction in enumerate(trainer.instructions):
         first.setdefault(instruction.video_id, index)
-    rows = list(first.values())[: args.batch]
-    samples = [trainer.dataset[i] for i in rows]  # pooled tokens, read once
-    clips = [torch.from_numpy(decode_video(videos / f"{trainer.instructions[i].video_id}.mp4", settings)[0])
-             for i in rows]  # (T, 3, h, w) uint8, decoded untimed
-
-    def online():
-        encoded = []
-        for clip, sample in zip(clips, samples):
-            tokens = encode_frames(encoder, clip, ecfg.batch_size, device, dtype, preprocess)  # (T, N, D) fp16
-            temporal, spatial = trainer.family.pool(torch.from_numpy(tokens))  # (T, D), (N, D)
-            encoded.append(VideoSample(sample.chat, temporal, spatial))
-        return encoded
-
-    encode_s, encoded = timed(online)  # warm-up, and a check that both paths see the same tokens
-    drift = max(float((a.temporal - b.temporal).abs().max()) for a, b in zip(samples, encoded))
-    scale = max(float(s.temporal.abs().max()) for s in samples)
-    if drift > 1e-2 * scale:
+    rows = list(first.values())[: args.batch]  # one question on each of B videos
+    cached_samples = [trainer.dataset[i] for i in rows]
+    encode, shape = online_samples(trainer, videos, cache, model, rows, args)
+    drift = max(float((a.temporal - b.temporal).abs().max()) for a, b in zip(cached_samples, encode()))
+    scale = max(float(s.temporal.abs().max()) for s in cached_samples)
+    if drift > 1e-2 * scale:  # the warm-up doubles as a check that both paths see the same tokens
         raise RuntimeError(f"online pooled tokens differ from the sidecar's by {drift} (scale {scale})")
-    trainer.step(trainer.collate(samples))  # warm-up
-    cached, online_total, online_encode = [], [], []
-    for i in range(max(args.steps, BENCH["online_steps"])):  # interleaved: both see the same machine state
-        cached.append(timed(lambda: trainer.step(trainer.collate(samples)))[0])
-        if i < BENCH["online_steps"]:
+    trainer.step(trainer.collate(cached_samples))  # warm-up
+    cached, online, encoding = [], [], []
+    every = max(1, args.steps // BENCH["online_steps"])
+    for i in range(max(args.steps, BENCH["online_steps"])):  # interleaved: both see the same machine load
+        cached.append(timed(lambda: trainer.step(trainer.collate(cached_samples)))[0])
+        if i % every == 0 and len(online) < BENCH["online_steps"]:
             started = time.perf_counter()
-            encode_s, encoded = timed(online)
-            trainer.step(trainer.collate(encoded))
-            online_total.append(time.perf_counter() - started)
-            online_encode.append(encode_s)
-    cached_ms, online_ms = 1e3 * statistics.median(cached), 1e3 * statistics.median(online_total)
-    return dict(cached_ms=cached_ms, online_ms=online_ms, online_encode_ms=1e3 * statistics.median(online_encode),
-                ratio=online_ms / cached_ms, cached_steps=len(cached), online_steps=len(online_total),
-                frames_per_step=sum(c.shape[0] for c in clips), pooled_drift=drift,
-                shape=f"T={clips[0].shape[0]} N={encoder.num_patches} D={encoder.hidden_size}")
+            encode_s, samples = timed(encode)
+            trainer.step(trainer.collate(samples))
+            online.append(time.perf_counter() - started)
+            encoding.append(encode_s)
+    cached_ms, online_ms = 1e3 * statistics.median(cached), 1e3 * statistics.median(online)
+    return dict(cached_ms=cached_ms, online_ms=online_ms, online_encode_ms=1e3 * statistics.median(encoding),
+                ratio=online_ms / cached_ms, cached_steps=len(cached), online_steps=len(online),
+                frames_per_step=args.batch * args.frames, pooled_drift=drift, shape=shape)
 
 
 def measure_loader(trainer: Trainer, args) -> dict:
-    """run_train's loop, timed: blocked in next(batches) vs in the step; epochs restart the workers."""
+    """run_train's loop, timed: blocked in next(batches) vs in the step; each epoch starts workers."""
     loader, sampler = trainer.loader(args.workers)
     waits, steps, first_waits, epoch = [], [], [], 0
     while len(steps) < BENCH["loader_steps"]:
         sampler.set_position(epoch, 0)
-        batches = iter(loader)
-        first = True
+        batches, first = iter(loader), True
         while len(steps) < BENCH["loader_steps"]:
             wait_s, micro = timed(lambda: list(islice(batches, trainer.cfg.grad_accum)))
             if not micro:
                 break
             (first_waits if first else waits).append(wait_s)
-            first = False
             steps.append(timed(trainer.step, micro[0])[0])
+            first = False
         epoch += 1
-    del batches
-    inline, _ = trainer.loader(0)  # what the workers hide: building a batch in the main process
-    started, it = time.perf_counter(), iter(inline)
-    for _ in range(8):
-        next(it)
-    build = (time.perf_counter() - started) / 8
-    encode_s, _ = timed(lambda: [trainer.llm.chat.encode(i.question, i.answer) for i in trainer.instructions[:64]])
-    read_s, _ = timed(lambda: [trainer.pooled.get(i.video_id) for i in trainer.instructions[:64]])
+    del batches  # shuts its workers down
     wait_ms, step_ms = 1e3 * statistics.mean(waits), 1e3 * statistics.mean(steps)
-    return dict(wait_ms=wait_ms, step_ms=step_ms, wait_fraction=wait_ms / (wait_ms + step_ms),
-                first_wait_ms=1e3 * statistics.mean(first_waits), epochs_started=len(first_waits), steps=len(steps),
-                wait_max_ms=1e3 * max(waits), build_batch_ms=1e3 * build,
-                chat_encode_ms_per_sample=1e3 * encode_s / 64, pooled_get_ms_per_sample=1e3 * read_s / 64)
+    return dict(wait_ms=wait_ms, step_ms=step_ms, wait_fraction=wait_ms / (wait_ms + step_ms), steps=len(steps),
+                first_wait_ms=1e3 * statistics.mean(first_waits), epochs_started=len(first_waits),
+                wait_max_ms=1e3 * max(waits), **measure_batch_build(trainer))
+
+
+def measure_batch_build(trainer: Trainer, batches: int = 8) -> dict:
+    """What the workers hide: building batches in the main process (num_workers=0), and its parts."""
+    loader, _ = trainer.loader(0)
+    build_s, _ = timed(lambda: list(islice(loader, batches)))
+    rows = trainer.instructions[: batches * trainer.cfg.batch_size]
+    encode_s, _ = timed(lambda: [trainer.llm.chat.encode(i.question, i.answer) for i in rows])
+    read_s, _ = timed(lambda: [trainer.pooled.get(i.video_id) for i in rows])
+    return dict(build_batch_ms=1e3 * build_s / batches, chat_encode_ms_per_sample=1e3 * encode_s / len(rows),
+                pooled_get_ms_per_sample=1e3 * read_s / len(rows))
 
 
 @contextlib.contextmanager
@@ -242,13 +258,12 @@ def counting_h5_reads():
 
 
 def rchar() -> int:
-    text = Path("/proc/self/io").read_text()
-    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("rchar:")))
+    return proc_value("self", "io", "rchar")  # bytes
 
 
-def measure_bytes(trainer: Trainer, cache_path: Path, samples: int = 200) -> dict:
+def measure_bytes(trainer: Trainer, cache_path: Path) -> dict:
     """Bytes per sample: the sidecar reads InstructionDataset.__getitem__ does vs the raw cache's."""
-    ids = [i.video_id for i in trainer.instructions[:samples]]
+    ids = [i.video_id for i in trainer.instructions]
     raw_cache = open_cache(cache_path)
     trainer.dataset[0], raw_cache[ids[0]]  # open the files first: opening is not a per-sample cost
     result = {}
@@ -278,60 +293,78 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def tree_memory(root_pid: int) -> tuple[int, int, int, int]:
-    """(summed RSS, summed PSS, largest RSS below the root, process count) in bytes."""
-    rss = pss = largest_child = 0
-    tree = descendants(root_pid)
-    for pid in tree:
-        with contextlib.suppress(OSError):  # ended between the listing and the read
-            fields = dict(line.split()[:2] for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
-            rss, pss = rss + int(fields["Rss:"]) * 1024, pss + int(fields["Pss:"]) * 1024
-            if pid != root_pid:
-                largest_child = max(largest_child, int(fields["Rss:"]) * 1024)
-    return rss, pss, largest_child, len(tree)
+def proc_value(pid, name: str, field: str) -> int:
+    """The number on the "Field:  N [kB]" line of /proc/PID/<name>; 0 once the process has ended."""
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path(f"/proc/{pid}/{name}").read_text().splitlines()
+        return int(next(line.split()[1] for line in lines if line.startswith(field + ":")))
+    return 0
 
 
-def measure_rss(root: Path, cache: Path, model: Path, qa: list[dict], args) -> dict:
+class TreePeaks:
+    """Peaks over a process and its descendants, sampled from outside it.
+
+    VmRSS (/proc/PID/status, microseconds to read) every sample; PSS only every PSS_EVERY-th:
+    smaps_rollup walks the page tables, ~8 ms per torch process, which would steal a core."""
+
+    def __init__(self, root_pid: int):
+        self.root, self.samples = root_pid, 0
+        self.rss_sum = self.pss_sum = self.child_rss = self.processes = 0  # KiB, KiB, KiB, count
+
+    def sample(self) -> None:
+        tree = descendants(self.root)
+        rss = {pid: proc_value(pid, "status", "VmRSS") for pid in tree}
+        self.rss_sum = max(self.rss_sum, sum(rss.values()))
+        self.child_rss = max([self.child_rss] + [kib for pid, kib in rss.items() if pid != self.root])
+        self.processes = max(self.processes, len(tree))
+        if self.samples % PSS_EVERY == 0:
+            self.pss_sum = max(self.pss_sum, sum(proc_value(pid, "smaps_rollup", "Pss") for pid in tree))
+        self.samples += 1
+
+
+def measure_rss(root: Path, cache: Path, model: Path, questions: dict[int, Path], args) -> dict:
     """Peak memory of run_train over 100 vs 1000 questions, each in a fresh subprocess."""
     peaks = {}
-    for count in BENCH["rss_questions"]:
-        annotations = write_questions(root / f"qa-{count}.json", qa, count)
+    for count, annotations in questions.items():
         out = root / f"rss-{count}"
         command = [sys.executable, __file__, "--rss-child", str(annotations), str(cache), str(model), str(out),
                    "--batch", str(args.batch), "--workers", str(args.workers), "--threads", str(args.threads),
-                   "--rss-steps", str(args.rss_steps), "--frames", str(args.frames)]
+                   "--rss-steps", str(args.rss_steps)]
         log = root / f"rss-{count}.log"
         with open(log, "w") as stderr, tempfile.TemporaryFile("w+") as stdout:
             child = subprocess.Popen(command, stdout=stdout, stderr=stderr)
-            tree_rss = tree_pss = processes = 0
+            peaks_seen = TreePeaks(child.pid)
             while child.poll() is None:
-                rss, pss, n = tree_memory(child.pid)
-                tree_rss, tree_pss, processes = max(tree_rss, rss), max(tree_pss, pss), max(processes, n)
-                time.sleep(0.02)
+                peaks_seen.sample()
+                time.sleep(POLL_S)
             stdout.seek(0)
             lines = stdout.read().strip().splitlines()
         if child.returncode != 0 or not lines:
             raise RuntimeError(f"rss child over {count} questions failed ({child.returncode}); see {log}:\n"
                                + log.read_text()[-2000:])
-        peaks[count] = dict(json.loads(lines[-1]), tree_rss_mib=tree_rss / 2**20, tree_pss_mib=tree_pss / 2**20,
-                            max_processes=processes)
+        peaks[count] = dict(json.loads(lines[-1]), tree_rss_mib=peaks_seen.rss_sum / 1024,
+                            tree_pss_mib=peaks_seen.pss_sum / 1024, sampled_worker_mib=peaks_seen.child_rss / 1024,
+                            max_processes=peaks_seen.processes, samples=peaks_seen.samples)
     return peaks
 
 
 def rss_child(args) -> None:
     """In a fresh process: one run_train; its peak RSS, its largest worker's, and its ms/step."""
     annotations, cache, model, out = args.rss_child
-    cfg = TrainConfig(cache, annotations, out, model=model, pooling=BENCH["pooling"],
-                      temporal_module=BENCH["temporal_module"], batch_size=args.batch, lr=1e-4, device="cpu",
-                      dtype="float32", num_workers=args.workers, max_steps=args.rss_steps,
-                      pooled_dir=str(Path(out) / "pooled"))  # each run pools for itself
+    cfg = train_config(cache, annotations, out, model, args, max_steps=args.rss_steps,
+                       pooled_dir=str(Path(out) / "pooled"))  # each run pools for itself
     stamps = []
     summary = run_train(cfg, progress=lambda p: stamps.append(time.perf_counter()))
-    mib = lambda who: resource.getrusage(who).ru_maxrss / 1024  # noqa: E731 - Linux: KiB
     steady = (stamps[-1] - stamps[1]) / (len(stamps) - 2) if len(stamps) > 2 else float("nan")
     print(json.dumps(dict(steps=summary.steps, questions=len(read_instructions(annotations)),
-                          parent_mib=mib(resource.RUSAGE_SELF), worker_mib=mib(resource.RUSAGE_CHILDREN),
-                          seconds=summary.seconds, ms_per_step=1e3 * steady)))
+                          parent_mib=own_peak_mib(), seconds=summary.seconds, ms_per_step=1e3 * steady,
+                          worker_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)))  # KiB
+
+
+def own_peak_mib() -> float:
+    """This process's peak RSS since exec. Not getrusage(RUSAGE_SELF).ru_maxrss: Linux folds the
+    RSS of the image exec replaced (here: the benchmark that spawned us) into it."""
+    return proc_value("self", "status", "VmHWM") / 1024
 
 
 def report(results: dict, args) -> None:
@@ -342,6 +375,10 @@ def report(results: dict, args) -> None:
     table = Table(title=f"redvillm-train: {args.videos} videos, {s['shape']}, batch {args.batch}, LLM width "
                         f"{BENCH['model'].text_hidden} x {BENCH['model'].text_layers} layers, pooling "
                         f"{BENCH['pooling']}, {args.workers} loader workers, torch threads {args.threads}")
+    m = BENCH["model"]
+    table.caption = (f"tiny LLaVA: {m.image_size} px, patch {m.patch_size}, CLIP {m.vision_hidden} wide x "
+                     f"{m.vision_layers} layers, Llama {m.text_hidden} wide x {m.text_layers} layers; videos "
+                     f"{BENCH['video']['size']} px, {args.frames} frames each; {args.rss_steps} steps per RSS run")
     for column in ("measure", "value", "note"):
         table.add_column(column, justify="right" if column == "value" else "left")
     table.add_row("step, from the cache", f"{s['cached_ms']:.1f} ms", f"_step on pooled tokens (median of "
@@ -371,7 +408,7 @@ def report(results: dict, args) -> None:
                   f"arithmetic: pooled {big['pooled'] / 1e6:.2f} MB vs raw {big['raw'] / 1e6:.1f} MB per sample "
                   f"(N={big['N']} D={big['D']})")
     small, large = (rss[n] for n in BENCH["rss_questions"])
-    for key, label in (("parent_mib", "trainer process"), ("worker_mib", "largest loader worker"),
+    for key, label in (("parent_mib", "trainer (VmHWM)"), ("worker_mib", "largest loader worker"),
                        ("tree_rss_mib", "process tree, sum RSS"), ("tree_pss_mib", "process tree, sum PSS")):
         table.add_row(f"peak RSS, {label}", f"x{large[key] / small[key]:.2f}",
                       f"{small[key]:.0f} MiB ({small['questions']} questions) -> {large[key]:.0f} MiB "
@@ -379,7 +416,11 @@ def report(results: dict, args) -> None:
     table.add_row("run_train ms/step", f"{large['ms_per_step']:.1f} ms",
                   f"{small['ms_per_step']:.1f} ms at {small['questions']} questions; steps 2..{large['steps']}, "
                   "loader wait included")
-    table.add_row("wall time", f"{results['seconds']:.0f} s", "whole benchmark, setup included")
+    phases = ", ".join(f"{name} {seconds:.0f}" for name, seconds in results["phases"].items())
+    table.add_row("wall time", f"{results['seconds']:.0f} s", f"{phases} s")
+    load = " -> ".join(f"{x:.1f}" for x in results["load_average"])
+    table.add_row("machine load", f"{load}", f"1-min load average at start and after each phase ({os.cpu_count()} "
+                  "CPUs): other work on the machine slows every ms figure, not the ratios taken interleaved")
     Console(width=160).print(table)
 
 
@@ -408,19 +449,25 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.rss_child:
         return rss_child(args)
-    started = time.perf_counter()
+    started, phases, load = time.perf_counter(), {}, [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = args.out_dir or Path(tmp) / "run"
         root.mkdir(parents=True, exist_ok=False)  # fresh: cache and sidecars are written from scratch
         model = build_tiny_llava(root / "tiny-llava", BENCH["model"])
         videos, cache, qa = make_data(root, model, args)
-        annotations = write_questions(root / "qa-loader.json", qa, max(BENCH["rss_questions"]))
-        trainer = Trainer(train_config(cache, annotations, root / "unused", model, args))
-        results = dict(bytes=measure_bytes(trainer, cache), steps=measure_steps(trainer, videos, model, args),
-                       loader=measure_loader(trainer, args))
-        del trainer
-        results["rss"] = measure_rss(root, cache, model, qa, args)
-    results.update(seconds=time.perf_counter() - started, torch_threads=args.threads,
+        questions = {n: write_questions(root / f"qa-{n}.json", qa, n) for n in BENCH["rss_questions"]}
+        # The smaller set: its epochs end within the loader measurement, so worker restarts show.
+        trainer = Trainer(train_config(cache, questions[min(questions)], root / "unused", model, args))
+        phases["setup"] = time.perf_counter() - started
+        results = {}
+        for name, measure in (("bytes", lambda: measure_bytes(trainer, cache)),
+                              ("loader", lambda: measure_loader(trainer, args)),  # before the encoder loads
+                              ("steps", lambda: measure_steps(trainer, videos, cache, model, args)),
+                              ("rss", lambda: measure_rss(root, cache, model, questions, args))):
+            phases[name], results[name] = timed(measure)
+            load.append(os.getloadavg()[0])
+    results.update(seconds=time.perf_counter() - started, phases=phases, load_average=load,
+                   torch_threads=args.threads,
                    settings=dict(videos=args.videos, frames=args.frames, batch=args.batch, workers=args.workers,
                                  rss_steps=args.rss_steps, video=BENCH["video"], model=vars(BENCH["model"]),
                                  pooling=BENCH["pooling"], temporal_module=BENCH["temporal_module"]))

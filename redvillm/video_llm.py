@@ -121,6 +121,10 @@ class VideoBatch:
     spatial: torch.Tensor | None  # (B, N, D)
     labels: torch.Tensor | None = None  # (B, L), -100 but on answer tokens
 
+    def pin_memory(self) -> VideoBatch:
+        """Page-locked copies, so that .to(cuda, non_blocking=True) really overlaps (DataLoader calls this)."""
+        return VideoBatch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()})
+
     def to(self, device: torch.device) -> VideoBatch:
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return VideoBatch(**moved)

@@ -107,7 +107,8 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     pad_id = llm.chat.tokenizer.pad_token_id if llm.chat.tokenizer.pad_token_id is not None else llm.chat.eos_id
     loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=partial(collate, layout=llm.adapter.layout, placeholder_id=llm.chat.placeholder_id,
-                                           pad_id=pad_id), persistent_workers=False)
+                                           pad_id=pad_id), persistent_workers=cfg.num_workers > 0,
+                        pin_memory=device.type == "cuda")
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / info.world_size / micro) / cfg.grad_accum)
     total_steps = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
     optimizer = torch.optim.AdamW(llm.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -213,6 +214,8 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
     if overwrite and out.exists():
+        if not (checkpoint.exists(out) or (out / "adapter.safetensors").exists() or (out / "train_config.json").exists()):
+            raise UserError(f"{out}: --overwrite only replaces a training run, and this folder does not hold one")
         shutil.rmtree(out)
     distributed.barrier()
     if not resume and (checkpoint.exists(out) or (out / "adapter.safetensors").exists()):

@@ -52,11 +52,13 @@ class PooledStore:
             raise UserError(f"{self.dir}: cannot create the pooled sidecar ({err.strerror}); "
                             "pass --pooled-dir to put it somewhere writable") from None
         shards = sorted({self.cache.shard_path(v) for v in video_ids})
-        stale = [s for s in shards if not self._fresh(s)]
-        for done, shard in enumerate(stale[rank::world], 1):
-            self._pool_shard(shard)
+        # Split all shards, not the stale ones: ranks look at freshness at different moments.
+        mine = shards[rank::world]
+        for done, shard in enumerate(mine, 1):
+            if not self._fresh(shard):
+                self._pool_shard(shard)
             if progress:
-                progress(done, len(stale[rank::world]))
+                progress(done, len(mine))
 
     def _fresh(self, shard: Path) -> bool:
         path = self.pooled_path(shard)

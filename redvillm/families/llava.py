@@ -8,6 +8,7 @@ exactly that and stops the tower at the deepest layer it needs (llava-1.5 skips 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import torch
@@ -80,7 +81,11 @@ class LlavaFamily:
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> LlavaForConditionalGeneration:
         """The image LLM, frozen, without its vision tower (video tokens come from the cache)."""
-        model = LlavaForConditionalGeneration.from_pretrained(self.model, revision=self.revision, dtype=dtype)
+        placement = {}
+        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
+            placement = {"device_map": {"": str(device)}}  # straight to the GPU: no 14 GB host copy for 7B
+        model = LlavaForConditionalGeneration.from_pretrained(self.model, revision=self.revision, dtype=dtype,
+                                                              **placement)
         model.model.vision_tower = None
         return freeze(model.to(device))
 
