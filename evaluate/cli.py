@@ -75,13 +75,16 @@ def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
     """Score predictions: no-judge metrics always, an LLM judge when one is given."""
     quiet_libraries()
     from redvillm.evaluate.judging import JudgeConfig, run_judge
-    from redvillm.evaluate.report import results_table
+    from redvillm.evaluate.report import per_type_table, results_table
 
     cfg = config_from(ctx, JudgeConfig, config_file, **flags)
     console = Console(stderr=True)
     with _bar(console, "judge") as update:
         results = run_judge(cfg, lambda p: update(p.done, p.total, f"{p.failed} failed"))
     Console().print(results_table(results))
+    by_type = per_type_table(results)
+    if by_type is not None:
+        Console().print(by_type)
     console.print(f"results -> {cfg.output}", highlight=False)
 
 

@@ -56,6 +56,22 @@ def results_table(results: dict) -> Table:
     return table
 
 
+def per_type_table(results: dict) -> Table | None:
+    """Accuracy per answer type (ActivityNet-QA): the judge's when there is one, else containment."""
+    judge_types = (results.get("judge") or {}).get("by_type") or {}
+    metric_types = results["metrics"].get("per_qtype") or {}
+    if not judge_types and not metric_types:
+        return None
+    table = Table(title="per answer type")
+    for name in ("type", "questions", "judge accuracy %", "judge score", "contains %"):
+        table.add_column(name, justify="left" if name == "type" else "right")
+    for qtype in metric_types or judge_types:
+        judged, metrics = judge_types.get(qtype, {}), metric_types.get(qtype, {})
+        table.add_row(qtype, str(metrics.get("count", judged.get("judged", "-"))), _pct(judged.get("accuracy")),
+                      _num(judged.get("mean_score")), _pct(metrics.get("contains")))
+    return table
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
