@@ -26,6 +26,7 @@ import torch
 
 import redvillm
 from redvillm import distributed
+from redvillm.memory import pin_mmap_threshold
 from redvillm.batching import VideoSample, collate
 from redvillm.cache import open_cache
 from redvillm.errors import UserError
@@ -68,6 +69,7 @@ class PredictSummary:
 
 
 def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None = None) -> PredictSummary:
+    pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     info = distributed.init_from_env()
     device = distributed.resolve_device(cfg.device, info)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from redvillm.frames import FramePreprocess
+from redvillm.memory import pin_mmap_threshold
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
     import torch
 
     torch.set_num_threads(1)  # parallelism comes from the number of workers
+    pin_mmap_threshold()
     _capture_native_stderr()
     while True:
         job = conn.recv()

@@ -16,6 +16,7 @@ import torch
 
 import redvillm
 from redvillm import distributed
+from redvillm.memory import pin_mmap_threshold
 from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
@@ -55,6 +56,7 @@ class ExtractSummary:
 
 def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None) -> ExtractSummary:
     """Cache every video's (T, N, D) frame tokens; resumable, shardable across processes."""
+    pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     dist_info = distributed.init_from_env()
     rank, world = _partition(cfg, dist_info)

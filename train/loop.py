@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from redvillm import distributed
+from redvillm.memory import pin_mmap_threshold
 from redvillm.batching import collate
 from redvillm.cache import open_cache
 from redvillm.data.annotations import read_instructions
@@ -79,6 +80,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
               announce: Callable[[TrainPlan], None] | None = None,
               should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
     """Train; resumable with cfg.resume. `should_stop(step)` ends the run early (as a kill would)."""
+    pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     info = distributed.init_from_env()
     device = distributed.resolve_device(cfg.device, info)
