@@ -1,6 +1,7 @@
 """Stage-one benchmark: does ``run_extract`` cost more than decoding plus encoding?
 
-    python bench/extract.py [--videos 24] [--frames 32] [--workers 2] [--threads 2] [--out-dir DIR] [--json PATH]
+    python bench/extract.py [--videos 24] [--frames 32] [--workers 2] [--threads 2] [--rounds 3]
+                            [--out-dir DIR] [--json PATH]
 
 Measured in one run, on synthetic h264 videos (VIDEO) and a tiny random-weight LLaVA made big
 enough that encoding is real work (MODEL):
@@ -11,11 +12,13 @@ enough that encoding is real work (MODEL):
 
     ratio = pipeline / (decode + encode), goal <= 1.05. Nothing is subtracted from the pipeline;
     its model load is measured on its own (load_family + load_frame_encoder) and printed beside.
+    The three are interleaved --rounds times; printed: the median of each, and of the rounds' ratios.
 
 Then the peak RSS of run_extract over 10 and over 100 small videos (RSS_VIDEO), each in a fresh
 subprocess: the process's own peak, the largest decode worker's, and the peak of their sum
-(sampled every 50 ms). Goal: flat. Every process that encodes uses torch.set_num_threads(--threads);
-decode workers use 1 thread each (decode.py).
+(sampled every 50 ms; shared library pages count once per process). Goal: flat.
+Every process that encodes uses torch.set_num_threads(--threads); decode workers use 1 thread
+each (decode.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,7 +88,11 @@ def measure_throughput(root: Path, model: Path, args) -> dict:
     from redvillm.extract.decode import DecodeSettings
     from redvillm.extract.pipeline import encode_frames, run_extract
     from redvillm.families.registry import load_family
+    from redvillm.memory import pin_mmap_threshold
 
+    # run_extract pins glibc's mmap threshold for its whole process (this one): do it first, so
+    # that encode alone runs under the same allocator in every round, not only after round one.
+    pin_mmap_threshold()
     videos = make_videos(root / "synthetic", args.videos, VIDEO)
     cfg = make_config(videos, root / "unused.h5", model, args.frames, args.workers)
     device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
@@ -114,10 +121,9 @@ def measure_throughput(root: Path, model: Path, args) -> dict:
             raise RuntimeError(f"run_extract cached {summary.extracted} videos, {summary.frames} frames")
         rounds.append(dict(decode_s=decode_s, encode_s=encode_s, pipeline_s=pipeline_s,
                            worker_start_s=worker_start_s, ratio=pipeline_s / (decode_s + encode_s)))
-    best = {key: min(r[key] for r in rounds) for key in rounds[0] if key != "ratio"}
+    typical = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}  # ratio: median of ratios
     return dict(frames=frames, shape=f"T={cfg.num_frames} N={encoder.num_patches} D={encoder.hidden_size}",
-                batch_size=cfg.batch_size, load_s=load_s, **best,
-                ratio=best["pipeline_s"] / (best["decode_s"] + best["encode_s"]), rounds=rounds)
+                batch_size=cfg.batch_size, load_s=load_s, **typical, rounds=rounds)
 
 
 def measure_rss(root: Path, model: Path, args) -> dict:
@@ -130,7 +136,9 @@ def measure_rss(root: Path, model: Path, args) -> dict:
         (root / f"rss-{n}").mkdir()
         command = [sys.executable, __file__, "--rss-child", str(listing), str(root / f"rss-{n}" / "cache.h5"),
                    str(model), "--workers", str(args.workers), "--threads", str(args.threads)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"peak RSS run over {n} videos failed:\n{done.stderr[-3000:]}")
         peaks[n] = json.loads(done.stdout.strip().splitlines()[-1])
     return peaks
 
@@ -190,9 +198,9 @@ def report(results: dict, args) -> None:
     from rich.table import Table
 
     t, rss = results["throughput"], results["rss"]
-    fps = lambda seconds: f"{t['frames'] / seconds:.0f}"  # noqa: E731
+    fps = lambda seconds: f"{t['frames'] / seconds:.0f}"
     table = Table(title=f"stage one: {args.videos} videos ({VIDEO['size']} px), {t['shape']}, batch "
-                        f"{t['batch_size']}, {args.workers} decode workers, torch threads {args.threads}")
+                        f"{t['batch_size']}, decode workers {args.workers}, torch threads {args.threads}")
     for name in ("", "seconds", "frames/s", "note"):
         table.add_column(name, justify="right" if name in ("seconds", "frames/s") else "left")
     both = t["decode_s"] + t["encode_s"]
@@ -202,16 +210,20 @@ def report(results: dict, args) -> None:
     table.add_row("encode alone", f"{t['encode_s']:.2f}", fps(t["encode_s"]), "encode_frames, frames in memory")
     table.add_row("decode + encode", f"{both:.2f}", fps(both), "the two unavoidable costs")
     table.add_row("pipeline", f"{t['pipeline_s']:.2f}", fps(t["pipeline_s"]), "run_extract, nothing subtracted")
-    table.add_row("[bold]ratio", f"[bold]{t['ratio']:.3f}", "", f"pipeline / (decode + encode); goal <= {GOAL_RATIO}")
+    goal = f"pipeline / (decode + encode); goal <= {GOAL_RATIO}"
+    table.add_row("[bold]ratio", f"[bold]{t['ratio']:.3f}", "", goal)
     each = ", ".join(f"{r['ratio']:.3f}" for r in t["rounds"])
-    table.add_row("ratio per round", "", "", f"{each} (the line above uses each measure's best round)")
+    table.add_row("ratio per round", "", "", f"{each} (above: their median; seconds: medians too)")
     small, large = (rss[n] for n in RSS_COUNTS)
     for who in ("parent", "worker", "total"):
         a, b = small[f"{who}_mib"], large[f"{who}_mib"]
         table.add_row(f"peak RSS {who}", "", "", f"{a:.0f} MiB ({small['videos']} videos) -> {b:.0f} MiB "
                       f"({large['videos']} videos): [bold]x{b / a:.2f}[/bold]; goal ~1")
     table.add_row("benchmark", f"{results['seconds']:.0f}", "", "wall time, setup included")
-    Console().print(table)
+    before, after = results["load_average"]
+    busy = "  [red]other work on this machine skews the timings" if before > 0.5 else ""
+    table.add_row("load average", "", "", f"{before:.1f} before, {after:.1f} after (1 min){busy}")
+    Console(width=max(Console().width, 118)).print(table)
 
 
 def parse_args(argv):
@@ -220,13 +232,15 @@ def parse_args(argv):
     parser.add_argument("--frames", type=int, default=32, help="T sampled per video")
     parser.add_argument("--workers", type=int, default=2, help="decode worker processes")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-    parser.add_argument("--rounds", type=int, default=2, help="repeats of the three timings; best kept")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of the three timings (medians printed)")
     parser.add_argument("--out-dir", type=Path, default=None, help="keep videos, model and caches here (new)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
     parser.add_argument("--rss-child", nargs=3, metavar=("LIST", "OUT", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.videos < 2 or args.videos % 2:
         parser.error("--videos must be even and >= 2")
+    if min(args.frames, args.workers, args.threads, args.rounds) < 1:
+        parser.error("--frames, --workers, --threads and --rounds must be >= 1")
     return args
 
 
@@ -241,13 +255,14 @@ def main(argv=None) -> None:
     from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
 
     quiet_libraries()  # as redvillm-extract
-    started = time.perf_counter()
+    load_before, started = os.getloadavg()[0], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         root = args.out_dir or Path(tmp) / "run"
         root.mkdir(parents=True)  # must be new: every cache below is written from scratch
         model = build_tiny_llava(root / "tiny-llava", TinyLlavaConfig(**MODEL))
         results = dict(throughput=measure_throughput(root, model, args), rss=measure_rss(root, model, args))
-    results.update(seconds=time.perf_counter() - started, torch_threads=args.threads, videos=args.videos,
+    results.update(seconds=time.perf_counter() - started, load_average=(load_before, os.getloadavg()[0]),
+                   torch_threads=args.threads, videos=args.videos,
                    frames=args.frames, workers=args.workers, video=VIDEO, model=MODEL, goal_ratio=GOAL_RATIO)
     report(results, args)
     if args.json:

@@ -325,9 +325,9 @@ class TreePeaks:
 def measure_rss(root: Path, cache: Path, model: Path, questions: dict[int, Path], args) -> dict:
     """Peak memory of run_train over 100 vs 1000 questions, each in a fresh subprocess."""
     peaks = {}
-    for count, annotations in questions.items():
+    for count, qa_path in questions.items():
         out = root / f"rss-{count}"
-        command = [sys.executable, __file__, "--rss-child", str(annotations), str(cache), str(model), str(out),
+        command = [sys.executable, __file__, "--rss-child", str(qa_path), str(cache), str(model), str(out),
                    "--batch", str(args.batch), "--workers", str(args.workers), "--threads", str(args.threads),
                    "--rss-steps", str(args.rss_steps)]
         log = root / f"rss-{count}.log"

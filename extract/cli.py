@@ -30,6 +30,8 @@ from redvillm.extract.config import DEFAULT_MODEL, ExtractConfig
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               help="Encoder compute dtype (auto: float16/bfloat16 on CUDA, float32 on CPU).")
 @click.option("--decode-workers", default=2, help="Decoder processes running ahead of the encoder.")
+@click.option("--threads", type=int, default=None,
+              help="Encoder torch threads on CPU (default: the cores the decoders leave).")
 @click.option("--decode-timeout", default=120.0, help="Seconds a video may take to decode before it is skipped.")
 @click.option("--recycle-after", default=100, help="Replace a decoder process after this many videos.")
 @click.option("--shard-size", default="2GB", help="Close a shard once it holds this much.")

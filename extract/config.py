@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -24,6 +25,7 @@ class ExtractConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # encoder compute dtype
     decode_workers: int = 2  # decoder processes running ahead of the encoder
+    threads: int | None = None  # torch threads of the encoder on CPU (default: cores left by the decoders)
     decode_timeout: float = 120.0  # seconds one video may take to decode before it is skipped
     recycle_after: int = 100  # replace a decoder process after this many videos (decord leaks)
     shard_size: str = "2GB"  # a shard is closed once it holds this much (KB/MB/GB)
@@ -51,6 +53,9 @@ class ExtractConfig:
     @property
     def shard_bytes(self) -> int:
         return parse_size(self.shard_size)
+
+    def encoder_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) - self.decode_workers)
 
     def to_dict(self) -> dict:
         return asdict(self)

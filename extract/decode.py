@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from redvillm.frames import FramePreprocess
-from redvillm.memory import pin_mmap_threshold
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,6 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
     import torch
 
     torch.set_num_threads(1)  # parallelism comes from the number of workers
-    pin_mmap_threshold()
     _capture_native_stderr()
     while True:
         job = conn.recv()
@@ -162,26 +160,38 @@ class DecodePool:
         pending = iter(jobs)
         if not self._workers and next(pending, None) is not None:
             raise ValueError("a DecodePool without workers cannot decode")
-        exhausted = False
+        self._refill(pending)
         while True:
-            for i, worker in enumerate(self._workers):
-                if worker.job is None and not exhausted:
-                    job = next(pending, None)
-                    if job is None:
-                        exhausted = True
-                    else:
-                        worker = self._workers[i] = self._fresh(worker)
-                        worker.conn.send(job)
-                        worker.job, worker.started = job, time.perf_counter()
             busy = [w for w in self._workers if w.job is not None]
             if not busy:
                 return
             ready = wait([w.conn for w in busy], timeout=self._next_deadline(busy))
+            results = []
             for worker in busy:
                 if worker.conn in ready:
-                    yield self._receive(worker)
+                    results.append(self._receive(worker))
                 elif time.perf_counter() - worker.started > self.timeout:
-                    yield self._kill(worker, f"decode timed out after {self.timeout:g}s (worker killed)")
+                    results.append(self._kill(worker, f"decode timed out after {self.timeout:g}s (worker killed)"))
+            # Idle workers get their next video before the consumer spends time on these results.
+            self._refill(pending)
+            yield from results
+
+    def _refill(self, pending: Iterator[DecodeJob]) -> None:
+        for i, worker in enumerate(self._workers):
+            while worker.job is None:
+                job = next(pending, None)
+                if job is None:
+                    return
+                worker = self._workers[i] = self._fresh(worker)
+                try:
+                    worker.conn.send(job)
+                    worker.job, worker.started = job, time.perf_counter()
+                except (BrokenPipeError, OSError):  # died while idle: replace it, resend the job
+                    worker.job = job
+                    self._kill(worker, "decoder process died while idle")
+                    worker = self._workers[i]
+                    worker.conn.send(job)
+                    worker.job, worker.started = job, time.perf_counter()
 
     def _next_deadline(self, busy: list[_Worker]) -> float:
         now = time.perf_counter()

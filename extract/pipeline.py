@@ -55,7 +55,11 @@ class ExtractSummary:
 
 
 def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None) -> ExtractSummary:
-    """Cache every video's (T, N, D) frame tokens; resumable, shardable across processes."""
+    """Cache every video's (T, N, D) frame tokens; resumable, shardable across processes.
+
+    Decoders are spawned processes: a script calling this must guard its own top level with
+    ``if __name__ == "__main__":`` (as any multiprocessing program must).
+    """
     pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     dist_info = distributed.init_from_env()
@@ -63,6 +67,8 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     videos = find_videos(cfg.videos)
     device = distributed.resolve_device(cfg.device, dist_info)
     dtype = distributed.resolve_dtype(cfg.dtype, device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.encoder_threads())  # leave the decoders their cores
     family = load_family(cfg.model, cfg.revision)
     encoder = family.load_frame_encoder(device, dtype)
     preprocess = family.frame_preprocess()

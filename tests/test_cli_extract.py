@@ -85,9 +85,3 @@ def test_bad_arguments_give_one_line_and_exit_2(case, synthetic_videos, tiny_lla
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_train_and_eval_say_not_yet_implemented():
-    for module in ("redvillm.train", "redvillm.evaluate"):
-        result = subprocess.run([sys.executable, "-m", module, "x"], capture_output=True, text=True)
-        assert result.returncode == 2 and "not yet implemented" in result.stderr
