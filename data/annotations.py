@@ -73,7 +73,7 @@ def read_instructions(path: str | Path) -> list[Instruction]:
         try:
             instructions.extend(_parse_row(obj, row))
         except _RowError as err:
-            raise UserError(_one_line(f"{path}: {locate(row)}: {err}")) from None
+            raise UserError(one_line(f"{path}: {locate(row)}: {err}")) from None
     if not instructions:
         raise UserError(f"{path}: no instructions in this file; {FORM_HINT}")
     return instructions
@@ -112,9 +112,9 @@ def _rows(path: Path, text: str) -> tuple[Rows, Callable[[int], str]]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         # A JSONL file is not one JSON document; its first line is a complete object.
-        if _first_line_is_object(text):
+        if first_line_is_object(text):
             return _jsonl_rows(path, text)
-        raise UserError(_one_line(f"{path}: line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+        raise UserError(one_line(f"{path}: line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
                                   f"{FORM_HINT}")) from None
     if isinstance(data, list):
         return list(enumerate(data)), lambda row: f"row {row} (line {_line_of_row(text, row)})"
@@ -124,11 +124,11 @@ def _rows(path: Path, text: str) -> tuple[Rows, Callable[[int], str]]:
         if len(text.strip().split("\n")) == 1:
             return _jsonl_rows(path, text)  # a one-line JSONL file is also one JSON document
         return [(0, data)], lambda row: "row 0 (the only object)"
-    found = f"an object with keys {_keys(data)}" if isinstance(data, dict) else _kind(data)
-    raise UserError(_one_line(f"{path}: the top level is {found}, not a list of rows; {FORM_HINT}"))
+    found = f"an object with keys {keys_of(data)}" if isinstance(data, dict) else kind_of(data)
+    raise UserError(one_line(f"{path}: the top level is {found}, not a list of rows; {FORM_HINT}"))
 
 
-def _first_line_is_object(text: str) -> bool:
+def first_line_is_object(text: str) -> bool:
     first = next(line for line in text.split("\n") if line.strip())
     try:
         return isinstance(json.loads(first), dict)
@@ -145,7 +145,7 @@ def _jsonl_rows(path: Path, text: str) -> tuple[Rows, Callable[[int], str]]:
         try:
             rows.append((number - 1, json.loads(line)))
         except json.JSONDecodeError as err:
-            raise UserError(_one_line(f"{path}: line {number}: not valid JSON ({err.msg}, column {err.colno}); "
+            raise UserError(one_line(f"{path}: line {number}: not valid JSON ({err.msg}, column {err.colno}); "
                                       "JSONL needs one complete object per line")) from None
     return rows, lambda row: f"line {row + 1}"
 
@@ -168,10 +168,10 @@ def _line_of_row(text: str, row: int) -> int:
 
 def _parse_row(obj: Any, row: int) -> list[Instruction]:
     if not isinstance(obj, dict):
-        raise _RowError(f"expected an object, got {_kind(obj)}; {ROW_HINT}")
+        raise _RowError(f"expected an object, got {kind_of(obj)}; {ROW_HINT}")
     if "conversations" in obj:
         return _from_conversation(obj, row)
-    video_id = _strip_extension(_text_field(obj, "video_id"), ID_EXTENSIONS)
+    video_id = strip_extension(_text_field(obj, "video_id"), ID_EXTENSIONS)
     if not video_id:
         raise _RowError('"video_id" is only a file extension; give the video file name without extension')
     return [Instruction(video_id, _text_field(obj, "q"), _text_field(obj, "a"), row)]
@@ -181,10 +181,10 @@ def _text_field(obj: dict, key: str) -> str:
     """A required, non-empty string field, without surrounding whitespace."""
     what = LABELS[key]
     if key not in obj:
-        raise _RowError(f'missing "{key}" ({what}); {ROW_HINT}; this row has: {_keys(obj)}')
+        raise _RowError(f'missing "{key}" ({what}); {ROW_HINT}; this row has: {keys_of(obj)}')
     value = obj[key]
     if not isinstance(value, str):
-        raise _RowError(f'"{key}" ({what}) must be a string, got {_kind(value)}')
+        raise _RowError(f'"{key}" ({what}) must be a string, got {kind_of(value)}')
     if not value.strip():
         raise _RowError(f'empty "{key}" ({what}); {ROW_HINT}, none of them empty')
     return value.strip()
@@ -220,14 +220,14 @@ def _from_conversation(obj: dict, row: int) -> list[Instruction]:
 def _turn(turn: Any, i: int) -> tuple[bool, str]:
     """(is the human speaking, the non-empty text) of one conversation turn."""
     if not isinstance(turn, dict):
-        raise _RowError(f'conversations[{i}]: expected {{"from", "value"}}, got {_kind(turn)}')
+        raise _RowError(f'conversations[{i}]: expected {{"from", "value"}}, got {kind_of(turn)}')
     role = turn.get("from")
     if not isinstance(role, str) or role.strip().lower() not in HUMAN_ROLES | GPT_ROLES:
         raise _RowError(f'conversations[{i}]: "from" is {json.dumps(role, ensure_ascii=False)}; '
                         'expected "human" or "gpt"')
     value = turn.get("value")
     if not isinstance(value, str) or not value.strip():
-        problem = "empty" if isinstance(value, str) else "missing" if value is None else f"a {_kind(value)}"
+        problem = "empty" if isinstance(value, str) else "missing" if value is None else f"a {kind_of(value)}"
         raise _RowError(f'conversations[{i}]: "value" is {problem}; each turn needs its text in "value"')
     return role.strip().lower() in HUMAN_ROLES, value
 
@@ -238,32 +238,32 @@ def _conversation_video_id(obj: dict) -> str:
         name = _text_field(obj, "video").replace("\\", "/").rsplit("/", 1)[-1]
         video_id = _ANY_EXTENSION.sub("", name)
     elif "id" in obj:
-        video_id = _strip_extension(_text_field(obj, "id"), ID_EXTENSIONS)
+        video_id = strip_extension(_text_field(obj, "id"), ID_EXTENSIONS)
     else:
         raise _RowError(f'missing "video" (video file name) and "id"; a conversation row needs one of them; '
-                        f'this row has: {_keys(obj)}')
+                        f'this row has: {keys_of(obj)}')
     if not video_id:
         raise _RowError("the video name is only a file extension; give the video file name")
     return video_id
 
 
-def _strip_extension(name: str, extensions: frozenset[str]) -> str:
+def strip_extension(name: str, extensions: frozenset[str]) -> str:
     stem, dot, ext = name.rpartition(".")
     return stem if dot and f".{ext.lower()}" in extensions else name
 
 
 # --- message helpers -----------------------------------------------------------------------
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _keys(obj: dict) -> str:
+def keys_of(obj: dict) -> str:
     keys = sorted(map(str, obj))
     return ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "no fields"
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     # Messages quote keys and values from the file, which may hold newlines.
     return " ".join(message.splitlines())

@@ -53,7 +53,7 @@ from pathlib import Path
 from collections.abc import Callable, Container
 from typing import Any
 
-from redvillm.data.annotations import ID_EXTENSIONS, _first_line_is_object, _keys, _kind, _one_line, _strip_extension
+from redvillm.data.annotations import ID_EXTENSIONS, first_line_is_object, keys_of, kind_of, one_line, strip_extension
 from redvillm.errors import UserError
 
 TASKS = ("qa", "generic", "temporal", "consistency")
@@ -123,7 +123,7 @@ def read_questions(path: str | Path, answers_path: str | Path | None = None,
     else:
         if task == "consistency":
             raise UserError(f"{path}: task consistency needs rows with Q1 and Q2; this file's first row has: "
-                            f"{_keys(first) if isinstance(first, dict) else _kind(first)}")
+                            f"{keys_of(first) if isinstance(first, dict) else kind_of(first)}")
         questions, unmatched, used = _read_qa(path, rows, locate, answers_path, task or _auto_task(path, first))
     _check_unique(path, questions, locate)
     if video_ids is None:
@@ -156,7 +156,7 @@ def _auto_task(path: Path, first: Any) -> str:
 def _read_qa(path: Path, rows, locate, answers_path, task) -> tuple[list[Question], list[str], Path | None]:
     first = rows[0][1]
     if isinstance(first, dict) and not _present(first, QUESTION_KEYS) and _present(first, ANSWER_KEYS):
-        raise UserError(f"{path}: looks like an answers file (rows have {_keys(first)}, no question); pass the "
+        raise UserError(f"{path}: looks like an answers file (rows have {keys_of(first)}, no question); pass the "
                         "questions file and give this one as the answers file")
     with_answers = isinstance(first, dict) and _present(first, ANSWER_KEYS) is not None
     if with_answers and answers_path is not None:
@@ -211,7 +211,7 @@ def _join(path: Path, questions: list[Question], answers_path: Path, locate) -> 
     joined, unmatched, used = [], [], set()
     for q in questions:
         if q.question_id not in answers:
-            unmatched.append(_one_line(f"{path}: {locate(q.row)}: question_id {q.question_id} has no answer in "
+            unmatched.append(one_line(f"{path}: {locate(q.row)}: question_id {q.question_id} has no answer in "
                                        f"{answers_path.name}; skipped"))
             continue
         answer, qtype, _ = answers[q.question_id]
@@ -219,7 +219,7 @@ def _join(path: Path, questions: list[Question], answers_path: Path, locate) -> 
         joined.append(replace(q, answer=answer, qtype=qtype or q.qtype))
     for qid, (_, _, row) in answers.items():
         if qid not in used:
-            unmatched.append(_one_line(f"{answers_path}: {where(row)}: question_id {qid} has no question in "
+            unmatched.append(one_line(f"{answers_path}: {where(row)}: question_id {qid} has no question in "
                                        f"{path.name}; skipped"))
     if questions and not joined:
         raise UserError(f"{answers_path}: none of its {len(answers)} question ids matches one of the "
@@ -234,14 +234,14 @@ def _read_answers(path: Path) -> tuple[dict[str, tuple[str, str | None, int]], L
     for row, obj in rows:
         try:
             if not isinstance(obj, dict):
-                raise _RowError(f"expected an object, got {_kind(obj)}; answer rows are {{answer, type, question_id}}")
+                raise _RowError(f"expected an object, got {kind_of(obj)}; answer rows are {{answer, type, question_id}}")
             qid = _text(obj, QID_KEYS, "question id")
             answer = _text(obj, ANSWER_KEYS, "answer")
             qtype = _activitynet_type(obj)
         except _RowError as err:
-            raise UserError(_one_line(f"{path}: {locate(row)}: {err}")) from None
+            raise UserError(one_line(f"{path}: {locate(row)}: {err}")) from None
         if qid in answers:
-            raise UserError(_one_line(f"{path}: {locate(row)}: question_id {qid} repeats {locate(answers[qid][2])}; "
+            raise UserError(one_line(f"{path}: {locate(row)}: question_id {qid} repeats {locate(answers[qid][2])}; "
                                       "each question needs one answer row"))
         answers[qid] = (answer, qtype, row)
     return answers, locate
@@ -274,12 +274,12 @@ def _text(obj: dict, keys, what: str, required: bool = True, numbers: bool = Tru
         if not required:
             return None
         names = ", ".join(f'"{k}"' for k in keys)
-        raise _RowError(f"missing {what} (one of {names}); this row has: {_keys(obj)}")
+        raise _RowError(f"missing {what} (one of {names}); this row has: {keys_of(obj)}")
     value = obj[key]
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise _RowError(f'"{key}" ({what}) must be {"text or a number" if numbers else "text"}, got {_kind(value)}')
+        raise _RowError(f'"{key}" ({what}) must be {"text or a number" if numbers else "text"}, got {kind_of(value)}')
     if not value.strip():
         raise _RowError(f'empty "{key}" ({what})')
     return value.strip()
@@ -290,7 +290,7 @@ def _video_name(obj: dict) -> str:
     name = _text(obj, VIDEO_KEYS, "video")
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     key = _present(obj, VIDEO_KEYS)
-    video = _ANY_EXTENSION.sub("", name) if key == "video" else _strip_extension(name, NAME_EXTENSIONS)
+    video = _ANY_EXTENSION.sub("", name) if key == "video" else strip_extension(name, NAME_EXTENSIONS)
     if not video:
         raise _RowError(f'"{key}" is only a file extension; give the video file name')
     return video
@@ -316,10 +316,10 @@ def _each_row(path: Path, rows, locate: Locate, parse: Callable[[dict, int], lis
     for row, obj in rows:
         try:
             if not isinstance(obj, dict):
-                raise _RowError(f"expected an object, got {_kind(obj)}")
+                raise _RowError(f"expected an object, got {kind_of(obj)}")
             questions.extend(parse(obj, row))
         except _RowError as err:
-            raise UserError(_one_line(f"{path}: {locate(row)}: {err}")) from None
+            raise UserError(one_line(f"{path}: {locate(row)}: {err}")) from None
     return questions
 
 
@@ -327,7 +327,7 @@ def _check_unique(path: Path, questions: list[Question], locate: Locate) -> None
     seen: dict[str, int] = {}
     for q in questions:
         if q.question_id in seen:
-            raise UserError(_one_line(f"{path}: {locate(q.row)}: question id {q.question_id} repeats "
+            raise UserError(one_line(f"{path}: {locate(q.row)}: question id {q.question_id} repeats "
                                       f"{locate(seen[q.question_id])}; question ids must be unique"))
         seen[q.question_id] = q.row
 
@@ -351,9 +351,9 @@ def _load_rows(path: Path, what: str) -> tuple[list[tuple[int, Any]], Locate]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        if _first_line_is_object(text):
+        if first_line_is_object(text):
             return _jsonl_rows(path, text)
-        raise UserError(_one_line(f"{path}: line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+        raise UserError(one_line(f"{path}: line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
                                   f"{FORM_HINT}")) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
@@ -363,7 +363,7 @@ def _load_rows(path: Path, what: str) -> tuple[list[tuple[int, Any]], Locate]:
     elif isinstance(data, dict):
         return [(0, data)], lambda row: "row 0 (the only object)"
     else:
-        raise UserError(f"{path}: the top level is {_kind(data)}, not a list of rows; {FORM_HINT}")
+        raise UserError(f"{path}: the top level is {kind_of(data)}, not a list of rows; {FORM_HINT}")
     if not data:
         raise UserError(f"{path}: no {what} in this file (an empty list); {FORM_HINT}")
     return list(enumerate(data)), locate
@@ -401,7 +401,7 @@ def _jsonl_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], Locate]:
             try:
                 rows.append((number - 1, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise UserError(_one_line(f"{path}: line {number}: not valid JSON ({err.msg}, column "
+                raise UserError(one_line(f"{path}: line {number}: not valid JSON ({err.msg}, column "
                                           f"{err.colno}); JSONL needs one complete object per line")) from None
     return rows, lambda row: f"line {row + 1}"
 
