@@ -31,7 +31,6 @@ from typing import Literal
 
 import torch
 import transformers
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -44,6 +43,8 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
+
+from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 # Llama's ids for the first three, then llava-hf appends "<image>" and "<pad>" after the vocab.
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
@@ -165,18 +166,7 @@ def build_tokenizer(vocab_size: int = 446) -> PreTrainedTokenizerFast:
     `vocab_size` counts the BPE vocabulary incl. <unk>/<s>/</s>; "<image>" and "<pad>" come on
     top, at the end, as in llava-hf (len(tokenizer) == vocab_size + 2).
     """
-    bpe = Tokenizer(models.BPE())  # no unk_token: every byte is in the alphabet
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[UNK, BOS, EOS],  # ids 0, 1, 2 as in Llama
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_training_corpus(), trainer=trainer)
-    # normalized=False: "<image>" must match raw text; special: skipped by skip_special_tokens.
-    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (IMAGE_TOKEN, PAD)])
+    bpe = byte_level_bpe(_training_corpus(), vocab_size, special=[UNK, BOS, EOS], added=[IMAGE_TOKEN, PAD])
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=BOS,

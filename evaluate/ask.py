@@ -12,7 +12,7 @@ from redvillm.batching import VideoSample, collate
 from redvillm.errors import UserError
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeSettings
 from redvillm.extract.pipeline import encode_frames
-from redvillm.families.registry import load_family
+from redvillm.families.registry import family_for_cache
 from redvillm.model_io import load_model
 
 
@@ -22,8 +22,8 @@ def ask(run_dir: str, video: str, question: str, device: str = "auto", dtype: st
     torch_device = distributed.resolve_device(device, info)
     torch_dtype = distributed.resolve_dtype(dtype, torch_device)
     model = load_model(run_dir, torch_device, torch_dtype)
-    family = load_family(model.config.model, model.config.revision)
     cache_info = model.config.extra.get("cache", {})
+    family = family_for_cache(model.config.model, model.config.revision, cache_info)
     settings = DecodeSettings(model.config.num_frames, cache_info.get("sampling_rule", "uniform"),
                               cache_info.get("short_videos", "repeat"), family.frame_preprocess())
     path = Path(video)

@@ -31,7 +31,7 @@ from redvillm.batching import VideoSample, collate
 from redvillm.cache import open_cache
 from redvillm.errors import UserError
 from redvillm.evaluate.questions import Question, read_questions
-from redvillm.families.registry import load_family
+from redvillm.families.registry import family_for_cache
 from redvillm.model_io import load_model, write_json
 
 
@@ -87,7 +87,7 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
     target.parent.mkdir(parents=True, exist_ok=True)
     if cfg.do_sample:
         torch.manual_seed(cfg.seed + info.rank)
-    pool = _PooledVideos(cache, load_family(model.config.model, model.config.revision).pool)
+    pool = _PooledVideos(cache, family_for_cache(model.config.model, model.config.revision, cache.info).pool)
     sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample else {}
     _end_partial_line(target)
     with open(target, "a", encoding="utf-8") as out:

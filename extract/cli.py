@@ -21,6 +21,9 @@ from redvillm.extract.config import DEFAULT_MODEL, ExtractConfig
 @click.option("--model", default=DEFAULT_MODEL, help="Hub id or local checkpoint directory of the image LLM.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--num-frames", default=100, help="T: frames sampled uniformly from each video.")
+@click.option("--image-size", type=int, default=None,
+              help="Square frame size for any-resolution vision towers (Qwen2-VL, Qwen2.5-VL: default 224, "
+                   "256 patches); fixed-resolution families use their processor's size.")
 @click.option("--sampling", type=click.Choice(["uniform", "videochatgpt"]), default="uniform",
               help="Frame index rule; videochatgpt reproduces Video-ChatGPT's extractor.")
 @click.option("--short-videos", type=click.Choice(["repeat", "keep"]), default="repeat",

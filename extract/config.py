@@ -19,6 +19,7 @@ class ExtractConfig:
     model: str = DEFAULT_MODEL  # hub id or local checkpoint directory
     revision: str | None = None  # hub revision (branch, tag or commit)
     num_frames: int = 100  # T, sampled uniformly whatever the fps
+    image_size: int | None = None  # square frame size for any-resolution towers (Qwen2-VL: 224 -> 256 patches)
     sampling: SamplingRule = "uniform"  # or "videochatgpt", Video-ChatGPT's index rule
     short_videos: ShortVideoPolicy = "repeat"  # videos with fewer than T frames: repeat or keep
     batch_size: int = 32  # frames per vision-encoder forward
@@ -38,6 +39,8 @@ class ExtractConfig:
     def __post_init__(self):
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.decode_workers < 1:

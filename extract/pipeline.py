@@ -69,7 +69,7 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     dtype = distributed.resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.encoder_threads())  # leave the decoders their cores
-    family = load_family(cfg.model, cfg.revision)
+    family = load_family(cfg.model, cfg.revision, cfg.image_size)
     encoder = family.load_frame_encoder(device, dtype)
     preprocess = family.frame_preprocess()
     info = _cache_info(cfg, family, encoder, preprocess, dtype)

@@ -51,7 +51,7 @@ def build_video_llm(model: str, pooling: str, temporal_module: str, device: torc
     adapter = VideoAdapter(projector, pooling, temporal_module, seed).to(device)
     for parameter in adapter.parameters():
         parameter.requires_grad_(True)
-    return VideoLLM(backbone, adapter, family.chat_format(), device)
+    return VideoLLM(backbone, adapter, family.chat_format(), device, family.backbone_inputs)
 
 
 def save_adapter(llm: VideoLLM, out_dir: Path, config: VideoModelConfig) -> None:

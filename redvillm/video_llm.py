@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -133,9 +134,12 @@ class VideoBatch:
 class VideoLLM:
     """A frozen image LLM with a trainable VideoAdapter in front of it."""
 
-    def __init__(self, backbone: nn.Module, adapter: VideoAdapter, chat: ChatFormat, device: torch.device):
+    def __init__(self, backbone: nn.Module, adapter: VideoAdapter, chat: ChatFormat, device: torch.device,
+                 backbone_inputs: Callable[[VideoBatch], dict] | None = None):
         self.backbone, self.adapter, self.chat, self.device = backbone, adapter, chat, device
         self.adapter_forward = adapter  # the training loop swaps in its DDP wrapper
+        # The family's extra forward arguments (Qwen2-VL: what builds its 3-D rope positions).
+        self.backbone_inputs = backbone_inputs or (lambda batch: {})
 
     @property
     def dtype(self) -> torch.dtype:
@@ -151,7 +155,8 @@ class VideoLLM:
         return text.masked_scatter(slots, video.to(text.dtype))
 
     def hidden_states(self, batch: VideoBatch) -> torch.Tensor:
-        out = self.backbone.model(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask)
+        out = self.backbone.model(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
+                                  **self.backbone_inputs(batch))
         return out.last_hidden_state  # (B, L, K)
 
     def logits(self, batch: VideoBatch) -> torch.Tensor:
@@ -179,11 +184,14 @@ class VideoLLM:
     @torch.inference_mode()
     def generate(self, batch: VideoBatch, max_new_tokens: int = 64, **sampling) -> list[str]:
         """Answers for a left-padded batch; greedy unless sampling parameters say otherwise."""
+        extra = self.backbone_inputs(batch)
         output = self.backbone.generate(
             inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
             max_new_tokens=max_new_tokens, pad_token_id=self.chat.tokenizer.pad_token_id or self.chat.eos_id,
-            eos_token_id=self.chat.eos_id, **sampling,
+            eos_token_id=self.chat.eos_id, **extra, **sampling,
         )
+        if "input_ids" in extra:  # generate returns the prompt too when it is given ids
+            output = output[:, batch.input_ids.shape[1]:]
         return [self.chat.decode(row) for row in output]
 
     def trainable_parameters(self) -> int:

@@ -29,7 +29,7 @@ from redvillm.batching import collate
 from redvillm.cache import open_cache
 from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
-from redvillm.families.registry import load_family
+from redvillm.families.registry import family_for_cache
 from redvillm.model_io import VideoModelConfig, build_video_llm, save_adapter, write_json
 from redvillm.train import checkpoint
 from redvillm.train.config import TrainConfig
@@ -89,7 +89,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     out = Path(cfg.output)
     _check_output(out, cfg.resume, cfg.overwrite and info.is_main)
     cache = open_cache(cfg.cache)
-    family = load_family(cfg.model, cfg.revision)
+    family = family_for_cache(cfg.model, cfg.revision, cache.info)
     _check_cache(cache, family, cfg)
     instructions, missing = usable(read_instructions(cfg.annotations), cache, cfg.annotations, cfg.strict)
 
@@ -241,7 +241,9 @@ def _check_cache(cache, family, cfg: TrainConfig) -> None:
 
 def _projector_input_width(family, cfg) -> int | None:
     config = family.config
-    layers = config.vision_feature_layer
+    layers = getattr(config, "vision_feature_layer", None)
+    if layers is None:
+        return None  # the provenance check above already pins the vision features
     count = 1 if isinstance(layers, int) else len(layers)
     return getattr(config.vision_config, "hidden_size", None) and config.vision_config.hidden_size * count
 

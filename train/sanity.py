@@ -31,7 +31,7 @@ from redvillm.data.synthetic import SyntheticConfig, generate
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
-from redvillm.families.registry import load_family
+from redvillm.families.registry import family_for_cache
 from redvillm.model_io import load_model
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
@@ -112,8 +112,8 @@ def _answer_with_label_word(split_dir: Path) -> None:
 def forced_choice_accuracy(run_dir: Path, cache_path: Path, split_dir: Path, batch: int = 32) -> float:
     """Share of videos whose own answer scores higher than its twin's (the opposite label)."""
     model = load_model(run_dir)
-    family = load_family(model.config.model)
     cache = open_cache(cache_path)
+    family = family_for_cache(model.config.model, model.config.revision, cache.info)
     qa = {row["video_id"]: row for row in json.loads((split_dir / "qa.json").read_text())}
     twin = {row["video_id"]: row["twin_id"] for row in json.loads((split_dir / "labels.json").read_text())}
     videos = sorted(qa)

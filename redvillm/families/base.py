@@ -16,6 +16,7 @@ import torch
 
 from redvillm.families.chat import ChatFormat
 from redvillm.frames import FramePreprocess
+from redvillm.video_llm import VideoBatch
 
 
 class Family(Protocol):
@@ -53,6 +54,11 @@ class Family(Protocol):
 
     def chat_format(self) -> ChatFormat:
         """The backbone's chat template with one image placeholder, as token ids."""
+        ...
+
+    def backbone_inputs(self, batch: VideoBatch) -> dict[str, Any]:
+        """Extra keyword arguments for the backbone's forward and generate beside inputs_embeds
+        (e.g. what Qwen2-VL needs to build its 3-D rope positions); {} for 1-D-position LLMs."""
         ...
 
 

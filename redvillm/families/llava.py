@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoProcessor, LlavaForConditionalGeneration
 
+from redvillm.errors import UserError
 from redvillm.families.common import freeze, load_submodule_state, positive_layer_index, strip_prefix
 from redvillm.families.chat import ChatFormat
 from redvillm.frames import FramePreprocess
@@ -52,7 +53,10 @@ class LlavaFrameEncoder(nn.Module):
 class LlavaFamily:
     name = "llava"
 
-    def __init__(self, model: str, config, revision: str | None = None):
+    def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
+        if image_size is not None:
+            raise UserError(f"{model}: LLaVA frames take the processor's own size; --image-size is for "
+                            "families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
         self.model = model
         self.config = config
         self.revision = revision or getattr(config, "_commit_hash", None)
@@ -102,6 +106,9 @@ class LlavaFamily:
         processor = AutoProcessor.from_pretrained(self.model, revision=self.revision)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
         return ChatFormat(processor.tokenizer, processor.apply_chat_template, messages, self.config.image_token_id)
+
+    def backbone_inputs(self, batch) -> dict:
+        return {}  # 1-D positions: inputs_embeds and the attention mask say everything
 
     def _load_tower(self) -> nn.Module:
         state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)

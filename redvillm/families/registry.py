@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+
 from transformers import AutoConfig
 
 from redvillm.errors import UserError
 from redvillm.families.base import Family
 
-SUPPORTED = {"llava": "LLaVA (LlavaForConditionalGeneration)"}
+# model_type -> (adapter module, class, what users know it as). Imported on demand.
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "llava": ("redvillm.families.llava", "LlavaFamily", "LLaVA (LlavaForConditionalGeneration)"),
+}
 
 
-def load_family(model: str, revision: str | None = None) -> Family:
-    """The adapter for the checkpoint at `model` (hub id or local directory)."""
+def load_family(model: str, revision: str | None = None, image_size: int | None = None) -> Family:
+    """The adapter for the checkpoint at `model` (hub id or local directory).
+
+    image_size: the square frame size for families whose vision tower takes any resolution
+    (Qwen2-VL); None takes the family's default. Fixed-resolution families refuse it.
+    """
     try:
         config = AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
@@ -20,12 +29,17 @@ def load_family(model: str, revision: str | None = None) -> Family:
             "directory, or a hub id that is in the local cache when offline"
         ) from None
     model_type = getattr(config, "model_type", None)
-    if model_type == "llava":
-        from redvillm.families.llava import LlavaFamily
+    if model_type not in FAMILIES:
+        supported = ", ".join(FAMILIES)
+        raise UserError(f"{model}: model_type {model_type!r} is not supported yet (supported: {supported})")
+    module, name, _ = FAMILIES[model_type]
+    family_class = getattr(importlib.import_module(module), name)
+    return family_class(model, config, revision, image_size)
 
-        return LlavaFamily(model, config, revision)
-    supported = ", ".join(SUPPORTED)
-    raise UserError(f"{model}: model_type {model_type!r} is not supported yet (supported: {supported})")
+
+def family_for_cache(model: str, revision: str | None, cache_info: dict) -> Family:
+    """The adapter as stage one used it for a cache (same frame size, so the same provenance)."""
+    return load_family(model, revision, cache_info.get("vision", {}).get("image_size"))
 
 
 def _first_line(err: Exception) -> str:
