@@ -12,6 +12,10 @@ from redvillm.families.base import Family
 # model_type -> (adapter module, class, what users know it as). Imported on demand.
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "llava": ("redvillm.families.llava", "LlavaFamily", "LLaVA (LlavaForConditionalGeneration)"),
+    "qwen2_vl": ("redvillm.families.qwen2_vl", "Qwen2VLFamily", "Qwen2-VL (Qwen2VLForConditionalGeneration)"),
+    "qwen2_5_vl": ("redvillm.families.qwen2_vl", "Qwen2VLFamily", "Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration)"),
+    "deepseek_vl": ("redvillm.families.deepseek_vl", "DeepseekVLFamily", "DeepSeek-VL (DeepseekVLForConditionalGeneration)"),
+    "internvl": ("redvillm.families.internvl", "InternVLFamily", "InternVL3 (InternVLForConditionalGeneration)"),
 }
 
 
