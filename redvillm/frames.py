@@ -1,8 +1,8 @@
 """Frame preprocessing: the backbone's own image preprocessing, batched in torch.
 
 An image LLM's processor works on one PIL image at a time (pad to square, resize, centre crop,
-rescale, normalise). For a video we apply exactly the same steps to a (F, H, W, 3) uint8 batch
-with torch, in two halves:
+rescale, normalise; DeepSeek-VL resizes first and pads the result to square). For a video we
+apply exactly the same steps to a (F, H, W, 3) uint8 batch with torch, in two halves:
 
 - ``resize_and_crop`` (geometry, uint8 in and out) runs in the decode workers, so what crosses
   the process boundary is the small cropped frame, not the full decoded one;
@@ -15,9 +15,11 @@ backbone's own processor to within one uint8 level on rare pixels (tests/test_fr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,10 +39,15 @@ class FramePreprocess:
     rescale_factor: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # DeepSeek-VL's geometry (defaulted, so older call sites keep working):
+    longest_edge: int | None = None  # ... or resize so the long side has this length (aspect kept)
+    min_edge: int = 1  # with longest_edge: no side shorter than this after the resize
+    pad_resized_to_square: bool = False  # pad after the resize (DeepSeek-VL), not before (LLaVA)
 
     def __post_init__(self):
-        if (self.shortest_edge is None) == (self.resize_hw is None):
-            raise ValueError("FramePreprocess needs exactly one of shortest_edge or resize_hw")
+        modes = [self.shortest_edge, self.resize_hw, self.longest_edge]
+        if sum(mode is not None for mode in modes) != 1:
+            raise ValueError("FramePreprocess needs exactly one of shortest_edge, resize_hw or longest_edge")
 
     @classmethod
     def from_hf(cls, processor) -> FramePreprocess:
@@ -72,17 +79,26 @@ class FramePreprocess:
             return self.crop_hw
         if self.pad_to_square:
             height = width = max(height, width)
-        return self._resized_hw(height, width)
+        height, width = self._resized_hw(height, width)
+        if self.pad_resized_to_square:
+            height = width = max(height, width)
+        return height, width
 
     def fixed_output_hw(self) -> tuple[int, int] | None:
         """The output size if it does not depend on the input's aspect ratio, else None."""
         if self.crop_hw is not None or self.resize_hw is not None:
             return self.output_hw(1, 1)
+        if self.longest_edge is not None:
+            return self.output_hw(1, 1) if self.pad_to_square or self.pad_resized_to_square else None
         return (self.shortest_edge, self.shortest_edge) if self.pad_to_square else None
 
     def _resized_hw(self, height: int, width: int) -> tuple[int, int]:
         if self.resize_hw is not None:
             return self.resize_hw
+        if self.longest_edge is not None:
+            # Same arithmetic as transformers' DeepSeek-VL image processor (Python's round).
+            scale = self.longest_edge / max(height, width)
+            return max(round(height * scale), self.min_edge), max(round(width * scale), self.min_edge)
         # Same arithmetic as transformers' get_resize_output_image_size(default_to_square=False).
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
@@ -103,10 +119,14 @@ def resize_and_crop(frames: torch.Tensor, spec: FramePreprocess) -> torch.Tensor
     height, width = x.shape[-2:]
     new_hw = spec._resized_hw(height, width)
     if new_hw != (height, width):
-        # Pillow resamples in two separable passes, horizontal first, rounding and clipping to
-        # uint8 in between; doing the same keeps bicubic overshoot at hard edges identical.
-        x = _resample(x, (height, new_hw[1]), spec.resample)
+        # Pillow resamples in two separable passes, rounding and clipping to uint8 in between;
+        # doing the same keeps bicubic overshoot at hard edges identical. Horizontal goes first
+        # unless Pillow puts the vertical pass first for these sizes (_vertical_first).
+        first = (new_hw[0], width) if _vertical_first((height, width), new_hw, spec.resample) else (height, new_hw[1])
+        x = _resample(x, first, spec.resample)
         x = _resample(x, new_hw, spec.resample)
+    if spec.pad_resized_to_square:
+        x = _pad_to_square(x, spec.mean)
     if spec.crop_hw is not None:
         x = _center_crop(x, spec.crop_hw)
     return x.contiguous()
@@ -118,6 +138,30 @@ def normalize(frames: torch.Tensor, spec: FramePreprocess, dtype: torch.dtype) -
     mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _vertical_first(in_hw: tuple[int, int], out_hw: tuple[int, int], mode: str) -> bool:
+    """Whether Pillow resizes in_hw -> out_hw with its vertical pass first.
+
+    Pillow 13 does when the height shrinks enough more than the width (e.g. a portrait frame to
+    a square tile); the rule is internal to its C code and differs between versions. So when
+    both sides change we ask the installed Pillow, once per size pair: it resizes a noise image
+    of this size and we keep the pass order that reproduces it.
+    """
+    if in_hw[0] == out_hw[0] or in_hw[1] == out_hw[1]:
+        return False  # one pass only
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (*in_hw, 3), dtype=torch.uint8, generator=generator)  # (H, W, 3)
+    filter_ = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[mode]
+    pillow = Image.fromarray(noise.numpy()).resize(out_hw[::-1], filter_)
+    reference = torch.from_numpy(np.array(pillow)).permute(2, 0, 1).int()  # (3, h, w)
+    x = noise.permute(2, 0, 1)[None]  # (1, 3, H, W)
+    vertical = _resample(_resample(x, (out_hw[0], in_hw[1]), mode), out_hw, mode)[0]
+    horizontal = _resample(_resample(x, (in_hw[0], out_hw[1]), mode), out_hw, mode)[0]
+    return bool((vertical.int() - reference).abs().sum() < (horizontal.int() - reference).abs().sum())
 
 
 def _resample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, LlavaImageProcessorPil
+from transformers import CLIPImageProcessorPil, DeepseekVLImageProcessorPil, LlavaImageProcessorPil
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from redvillm.frames import FramePreprocess, normalize, resize_and_crop
 
@@ -38,11 +39,20 @@ PROCESSORS = {
 }
 
 
+# DeepSeek-VL resizes the longest side (each side rounded, at least 14) and then pads to square
+# with int(mean * 255): numbers its family adapter reads off the processor (families/deepseek_vl.py).
+DEEPSEEK_VL = FramePreprocess(shortest_edge=None, resize_hw=None, crop_hw=None, resample="bicubic",
+                              pad_to_square=False, rescale_factor=1 / 255, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                              longest_edge=384, min_edge=14, pad_resized_to_square=True)
+PROCESSORS["deepseek-vl (384, resize then pad)"] = DeepseekVLImageProcessorPil()
+SPECS = {"deepseek-vl (384, resize then pad)": DEEPSEEK_VL}  # the rest: FramePreprocess.from_hf
+
+
 @pytest.mark.parametrize("name", PROCESSORS)
 @pytest.mark.parametrize("hw", [(240, 320), (480, 270), (336, 336), (100, 150), (1080, 1920)])
 def test_matches_backbone_processor(name, hw):
     processor = PROCESSORS[name]
-    spec = FramePreprocess.from_hf(processor)
+    spec = SPECS.get(name) or FramePreprocess.from_hf(processor)
     frames = [natural_frame(*hw, seed) for seed in range(3)]
     reference = processor([Image.fromarray(f) for f in frames], return_tensors="pt")["pixel_values"]
     mine = ours(frames, spec)
@@ -59,6 +69,15 @@ def test_spec_reads_processor_numbers():
     assert spec.shortest_edge == 336 and spec.crop_hw == (336, 336) and spec.resample == "bicubic"
     assert spec.fixed_output_hw() == (336, 336)
     assert FramePreprocess.from_hf(PROCESSORS["pad to square"]).pad_to_square
+
+
+def test_longest_edge_geometry():
+    assert DEEPSEEK_VL.output_hw(240, 320) == DEEPSEEK_VL.fixed_output_hw() == (384, 384)
+    unpadded = FramePreprocess(**{**vars(DEEPSEEK_VL), "pad_resized_to_square": False})
+    assert unpadded.output_hw(240, 320) == (288, 384) and unpadded.output_hw(10, 1000) == (14, 384)
+    assert unpadded.fixed_output_hw() is None
+    with pytest.raises(ValueError):
+        FramePreprocess(**{**vars(DEEPSEEK_VL), "shortest_edge": 384})
 
 
 def test_batch_equals_one_by_one():

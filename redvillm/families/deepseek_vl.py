@@ -1,0 +1,155 @@
+"""DeepSeek-VL (transformers' DeepseekVLForConditionalGeneration): deepseek-vl-1.3b-base/-chat.
+
+What the image LLM feeds its projector (modeling_deepseek_vl.get_image_features): the SigLIP
+vision model's last_hidden_state - every patch token (SigLIP has no CLS), after its
+post_layernorm - through the `aligner` (Linear D -> K, GELU, Linear K -> K). The SigLIP
+attention-pooling head is part of the checkpoint but its output is never used, so the frame
+encoder below is built without it. deepseek-vl-1.3b: 384 px, patch 16 -> N = 576, D = 1024.
+
+Frames: DeepSeek's processor resizes the longest side to its size (bicubic, each side rounded,
+at least min_size) and then pads the resized image to square with int(mean * 255) - resize
+first, pad second, the other way round from LLaVA's "pad" mode.
+
+Positions are 1-D (a Llama LLM): the video tokens need nothing but inputs_embeds.
+
+Shape letters: B frames, N patches, D vision width, K LLM width.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+
+import torch
+from torch import nn
+from transformers import AutoImageProcessor, AutoModel, AutoProcessor, DeepseekVLForConditionalGeneration
+
+from redvillm.errors import UserError
+from redvillm.families.chat import ChatFormat
+from redvillm.families.common import freeze, load_submodule_state, strip_prefix
+from redvillm.frames import FramePreprocess
+
+log = logging.getLogger(__name__)
+
+_TOWER_PREFIXES = ("model.vision_model.", "vision_model.")
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # Pillow's codes
+
+
+class DeepseekVLFrameEncoder(nn.Module):
+    """(B, 3, H, W) -> (B, N, D): what DeepSeek-VL's aligner sees for each frame."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = freeze(tower)
+        size = tower.config.image_size
+        with torch.inference_mode():
+            probe = self.forward(torch.zeros(1, 3, size, size, dtype=next(tower.parameters()).dtype))
+        self.num_patches, self.hidden_size = probe.shape[1], probe.shape[2]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.tower(pixel_values, return_dict=True).last_hidden_state  # (B, N, D)
+
+
+class DeepseekVLFamily:
+    name = "deepseek_vl"
+
+    def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
+        if image_size is not None:
+            raise UserError(f"{model}: DeepSeek-VL frames take the processor's own size; --image-size is for "
+                            "families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
+        self.model = model
+        self.config = config
+        self.revision = revision or getattr(config, "_commit_hash", None)
+        self._image_processor = AutoImageProcessor.from_pretrained(model, revision=revision)
+
+    def frame_preprocess(self) -> FramePreprocess:
+        return frame_preprocess_from(self._image_processor, self.model)
+
+    def vision_provenance(self) -> dict:
+        vision = self.config.vision_config
+        return {
+            "vision_model_type": vision.model_type,
+            "vision_features": "last_hidden_state",  # all patches after post_layernorm, no pooling head
+            "vision_hidden_size": vision.hidden_size,
+        }
+
+    def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> DeepseekVLFrameEncoder:
+        return DeepseekVLFrameEncoder(self._load_tower().to(device=device, dtype=dtype))
+
+    # ----------------------------------------------------------------- stage two and inference
+
+    def load_backbone(self, device: torch.device, dtype: torch.dtype) -> DeepseekVLForConditionalGeneration:
+        """The image LLM, frozen, without its vision model (video tokens come from the cache)."""
+        placement = {}
+        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
+            placement = {"device_map": {"": str(device)}}  # straight to the GPU, no host copy
+        model = DeepseekVLForConditionalGeneration.from_pretrained(self.model, revision=self.revision, dtype=dtype,
+                                                                   **placement)
+        model.model.vision_model = None
+        return freeze(model.to(device))
+
+    def projector(self, backbone: DeepseekVLForConditionalGeneration) -> nn.Module:
+        """g_z: DeepSeek-VL's aligner (vision width D -> LLM width K)."""
+        return backbone.model.aligner
+
+    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, N, D) -> temporal tokens (T, D) (mean over patches), spatial tokens (N, D) (mean over time)."""
+        tokens = tokens.float()
+        return tokens.mean(dim=1), tokens.mean(dim=0)
+
+    def chat_format(self) -> ChatFormat:
+        processor = AutoProcessor.from_pretrained(self.model, revision=self.revision)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
+        return ChatFormat(processor.tokenizer, processor.apply_chat_template, messages, self.config.image_token_id)
+
+    def backbone_inputs(self, batch) -> dict:
+        return {}  # 1-D positions: inputs_embeds and the attention mask say everything
+
+    def _load_tower(self) -> nn.Module:
+        vision_config = copy.deepcopy(self.config.vision_config)
+        vision_config.vision_use_head = False  # the aligner reads last_hidden_state, never the pooled output
+        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
+        if state:
+            tower = AutoModel.from_config(vision_config)
+            # transformers 4 checkpoints nest SigLIP's weights under "vision_model." once more.
+            for candidate in (state, strip_prefix(state, "vision_model.")):
+                candidate = {k: v for k, v in candidate.items() if not k.startswith("head.")}
+                missing, unexpected = tower.load_state_dict(candidate, strict=False)
+                if not missing and not unexpected:
+                    return tower
+            log.info("vision model keys differ from the checkpoint's (%d missing, %d unexpected); "
+                     "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
+        full = DeepseekVLForConditionalGeneration.from_pretrained(self.model, revision=self.revision)
+        return full.model.vision_model
+
+
+def frame_preprocess_from(processor, model: str = "the checkpoint") -> FramePreprocess:
+    """DeepSeek-VL's image processor (PIL or torchvision backend) as numbers."""
+    size = processor.size
+    height, width = size["height"], size["width"]
+    if not processor.do_resize or height is None or height != width:
+        raise UserError(f"{model}: DeepSeek-VL's image processor must resize to a square size, got {size}")
+    resample = _RESAMPLE.get(int(getattr(processor.resample, "value", processor.resample)))
+    if resample is None:
+        raise UserError(f"{model}: unsupported resample mode {processor.resample!r}: bicubic or bilinear only")
+    mean = tuple(float(x) for x in processor.image_mean)
+    std = tuple(float(x) for x in processor.image_std)
+    spec = FramePreprocess(
+        shortest_edge=None,
+        resize_hw=None,
+        crop_hw=None,
+        resample=resample,
+        pad_to_square=False,
+        rescale_factor=float(processor.rescale_factor) if processor.do_rescale else 1.0,
+        mean=mean if processor.do_normalize else (0.0, 0.0, 0.0),
+        std=std if processor.do_normalize else (1.0, 1.0, 1.0),
+        longest_edge=height,
+        min_edge=int(processor.min_size),
+        pad_resized_to_square=bool(processor.do_pad),
+    )
+    fill = tuple(int(m * 255) for m in spec.mean)  # what redvillm.frames pads with
+    if spec.pad_resized_to_square and tuple(processor.background_color) != fill:
+        raise UserError(f"{model}: its image processor pads with {tuple(processor.background_color)}, not the mean "
+                        f"colour {fill}; redvillm cannot reproduce that preprocessing")
+    return spec
