@@ -12,6 +12,7 @@ Tasks (the label is the one word the answer hinges on):
     order         two squares appear one after the other       label: colour of the first
     direction     one big square crosses the frame horizontally label: "left" / "right"
     color_change  one square changes colour at mid-video        label: the colour it turns into
+    colour        one still square (a control, not temporal)   label: its colour
 
 Honesty. A benchmark of *temporal* understanding must not be solvable from a single frame
 or from the time-averaged video. Every video therefore has a twin, drawn from the same
@@ -26,7 +27,9 @@ frames are a *permutation* of its own frames and whose label is the opposite one
                   would dominate the time-average and give the answer away.
 
 So any bag-of-frames feature (time-average, histogram, per-frame vote) is identical within
-a pair. Encoding keeps this true: intra-only frames at a constant quantiser make each decoded
+a pair. The control task ``colour`` is the exception on purpose: its twin is the same still
+square in another colour, so it is answerable from any single frame or the time-average, and
+shows that a pooling which fails the temporal tasks still sees the video. Encoding keeps this true: intra-only frames at a constant quantiser make each decoded
 frame a function of that frame alone (CRF rate control would let quality depend on earlier
 frames, i.e. on time order). Which twin gets which label, and the order of the colours
 named in a question, are coin flips per pair. Each (seed, task, pair) has its own random
@@ -49,7 +52,9 @@ from typing import Callable
 import av
 import numpy as np
 
-TASKS = ("order", "direction", "color_change")
+TEMPORAL_TASKS = ("order", "direction", "color_change")
+CONTROL_TASKS = ("colour",)  # answerable from one frame
+TASKS = TEMPORAL_TASKS + CONTROL_TASKS  # appended: earlier tasks keep their random streams
 
 RGB = tuple[int, int, int]
 
@@ -68,7 +73,7 @@ TEXTURE_AMPLITUDE = 4.0  # per sine wave; three waves stay within +-12 levels
 
 # Side lengths in pixels at a 224-pixel frame, scaled with `size`. Direction of motion needs
 # a big square (see SYNTHETIC.md); two order squares must fit side by side.
-SIDE_RANGE = {"order": (56, 88), "direction": (64, 100), "color_change": (64, 100)}
+SIDE_RANGE = {"order": (56, 88), "direction": (64, 100), "color_change": (64, 100), "colour": (64, 100)}
 REFERENCE_SIZE = 224
 
 # libx264, every frame a keyframe, no B-frames, constant quantiser (see module docstring).
@@ -282,7 +287,18 @@ def _color_change_pair(rng, num_frames: int, size: int):
     return twins
 
 
-_PAIR_DRAWERS = {"order": _order_pair, "direction": _direction_pair, "color_change": _color_change_pair}
+def _colour_pair(rng, num_frames: int, size: int):
+    """Two twins (a control): the same still square in colour A and in colour B."""
+    side = _side(rng, "colour", size)
+    names = _two_colours(rng)
+    xy = tuple(int(v) for v in rng.integers(0, size - side + 1, size=2))
+    question = "What colour is the square?"
+    return [(name, (_still(side, xy, (0, num_frames), PALETTE[name]),), question, f"The square is {name}.")
+            for name in names]
+
+
+_PAIR_DRAWERS = {"order": _order_pair, "direction": _direction_pair, "color_change": _color_change_pair,
+                 "colour": _colour_pair}
 
 
 def _plan_pair(cfg: SyntheticConfig, task: str, pair: int) -> list[PlannedVideo]:

@@ -34,7 +34,7 @@ import pytest
 from redvillm.data import synthetic
 from redvillm.data.synthetic import (
     PALETTE,
-    TASKS,
+    TEMPORAL_TASKS,
     SyntheticConfig,
     VideoSpec,
     generate,
@@ -43,7 +43,7 @@ from redvillm.data.synthetic import (
     render_frames,
 )
 
-SMALL = dict(num_videos=4, tasks=TASKS, num_frames=16, fps=6, size=64, seed=3)
+SMALL = dict(num_videos=4, tasks=TEMPORAL_TASKS, num_frames=16, fps=6, size=64, seed=3)
 
 
 def decode(path: Path) -> np.ndarray:
@@ -201,7 +201,7 @@ def frame_hashes(frames: np.ndarray) -> list[str]:
     return sorted(hashlib.sha1(frame.tobytes()).hexdigest() for frame in frames)
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", TEMPORAL_TASKS)
 @pytest.mark.parametrize("num_frames", [16, 9])
 def test_twins_are_frame_permutations_with_opposite_labels(task, num_frames):
     cfg = SyntheticConfig(num_videos=20, tasks=(task,), num_frames=num_frames, size=64, seed=7)
@@ -274,7 +274,7 @@ def pair_probe_accuracy(x: np.ndarray, labels: list, twin_labels: list, folds=10
 def probe_set(tmp_path_factory):
     """40 twin pairs per task, encoded and decoded: the probe sees what a model would."""
     out = tmp_path_factory.mktemp("probe")
-    cfg = SyntheticConfig(num_videos=80, tasks=TASKS, num_frames=16, size=64, seed=11)
+    cfg = SyntheticConfig(num_videos=80, tasks=TEMPORAL_TASKS, num_frames=16, size=64, seed=11)
     specs = generate(out, cfg)
     label_of = {s.video_id: s.label for s in specs}
     planned = plan_videos(cfg)
@@ -285,7 +285,7 @@ def probe_set(tmp_path_factory):
     return rows
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", TEMPORAL_TASKS)
 def test_probe_time_average_is_at_chance_time_order_is_not(probe_set, task):
     rows = probe_set[task]
     labels = [video.spec.label for video, _, _ in rows]
@@ -308,7 +308,7 @@ def leaky_scene(video):
     return dataclasses.replace(scene, squares=tuple(squares))
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", TEMPORAL_TASKS)
 def test_probe_catches_a_leaky_generator(task):
     cfg = SyntheticConfig(num_videos=80, tasks=(task,), num_frames=16, size=64, seed=11)
     planned = plan_videos(cfg)
