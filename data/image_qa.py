@@ -92,6 +92,9 @@ def _things(rng: np.random.Generator, size: int, count: int) -> list[Thing]:
     for i, colour in enumerate(colours):
         side = int(rng.integers(max(6, side_max * 2 // 3), side_max + 1))
         x = i * band + int(rng.integers(0, band - side + 1))
+        if count == 1:  # a lone shape sits clearly in one half: "left or right" has an answer
+            x = int(rng.integers(0, size // 2 - side // 2 - size // 10 + 1))
+            x = x if rng.random() < 0.5 else size - side - x
         y = int(rng.integers(0, size - side + 1))
         things.append(Thing(str(rng.choice(SHAPES)), str(colour), x, y, side, size))
     order = rng.permutation(count)  # bands fix left-to-right; shuffle which thing is listed first

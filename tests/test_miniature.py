@@ -1,0 +1,64 @@
+"""The paper in miniature: synthetic image QA, our own tiny image LLM, and the ablation runner."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from redvillm.data.image_qa import KINDS, PALETTE, sample
+from redvillm.data.tiny_image_llm import ACCURACY_FILE, ImageLLMRecipe, evaluate_checkpoint, train_image_llm
+from redvillm.families.registry import load_family
+from redvillm.train.miniature import MiniatureConfig, run_miniature, shipped_image_llm
+
+
+def test_image_qa_is_reproducible_balanced_and_bilingual():
+    first, again = sample(3, 17), sample(3, 17)
+    assert np.array_equal(first.image, again.image) and first.question == again.question
+    drawn = [sample(0, i) for i in range(600)]
+    kinds = Counter(d.kind for d in drawn)
+    assert set(kinds) == set(KINDS) and min(kinds.values()) > 60
+    assert 0.15 < sum(d.language == "zh" for d in drawn) / len(drawn) < 0.45
+    colours = Counter(d.answer for d in drawn if d.kind == "colour" and d.language == "en")
+    assert set(colours) == set(PALETTE)
+    # Bright shapes on a dark background: the answer's colour is really in the picture.
+    item = next(d for d in drawn if d.kind == "colour" and d.language == "en" and "on the" not in d.question)
+    assert (item.image.reshape(-1, 3) == PALETTE[item.answer]).all(axis=1).sum() > 20
+
+
+def test_image_llm_training_is_deterministic_and_saves_a_llava_checkpoint(tmp_path):
+    recipe = ImageLLMRecipe(steps=4, batch_size=4, eval_samples=8, vocab_size=400)
+    train_image_llm(tmp_path / "a", recipe, log=lambda *_: None)
+    train_image_llm(tmp_path / "b", recipe, log=lambda *_: None)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a")
+    processor = AutoProcessor.from_pretrained(tmp_path / "a")
+    assert model.config.model_type == "llava" and processor.tokenizer.decode(processor.tokenizer("红色")["input_ids"],
+                                                                             skip_special_tokens=True) == "红色"
+    assert load_family(str(tmp_path / "a")).name == "llava"
+    assert "all" in json.loads((tmp_path / "a" / ACCURACY_FILE).read_text())
+
+
+def test_shipped_image_llm_answers_image_questions_as_documented():
+    path = shipped_image_llm()
+    recorded = json.loads((path / ACCURACY_FILE).read_text())
+    measured = evaluate_checkpoint(path, samples=200)  # the same held-out stream, first 200
+    assert measured["all"] >= 0.9 and abs(measured["all"] - recorded["all"]) < 0.05
+    assert measured["colour/zh"] >= 0.8 and measured["count/en"] >= 0.8
+
+
+def test_miniature_runner_writes_tables(tmp_path):
+    cfg = MiniatureConfig(str(tmp_path / "mini"), seeds=(0,), tasks=("colour", "order"), train_videos=4,
+                          test_videos=4, curve=(2,), num_frames=8, steps=2, batch_size=4,
+                          configurations=("both, copy (RED-VILLM)", "temporal-only (time-averaged)"))
+    result = run_miniature(cfg, log=lambda *_: None)
+    assert set(result.accuracy) == {"both, copy (RED-VILLM)", "temporal-only (time-averaged)"}
+    assert set(result.accuracy["both, copy (RED-VILLM)"]) == {"colour", "order"}
+    assert set(result.curve) == {"2", "4"}
+    table = (tmp_path / "mini" / "results.md").read_text()
+    assert "## Table 3: pooling" in table and "| temporal-only (time-averaged) |" in table
+    saved = json.loads((tmp_path / "mini" / "results.json").read_text())
+    assert all(0.0 <= v <= 1.0 for per_task in saved["accuracy"].values() for vs in per_task.values() for v in vs)
+    torch.manual_seed(0)  # leave global state as other tests expect
