@@ -1,19 +1,22 @@
-"""The demo's inputs, made offline from fixed seeds: sample videos and the tiny LLaVA replica.
+"""The demo's inputs, made offline from fixed seeds: sample videos and two image LLMs.
 
     python -m redvillm.data.demo DIR
 
 writes DIR/videos/*.mp4 (+ DIR/qa.json, DIR/labels.json: the synthetic order/direction task in
-VideoInstruct format) and DIR/tiny-llava/ (a random-weight LlavaForConditionalGeneration saved
-with save_pretrained). The replica proves the plumbing only: its answers mean nothing.
+VideoInstruct format), DIR/image-llm/ (a copy of the tiny image LLM we trained on synthetic
+image QA and ship in data/assets: a real, if tiny, image LLM) and DIR/tiny-llava/ (a
+random-weight LlavaForConditionalGeneration replica: plumbing only, its answers mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
 from redvillm.data.synthetic import SyntheticConfig, generate
+from redvillm.data.tiny_image_llm import shipped_image_llm
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
 
 # 120 frames at 24 fps: longer than the default T = 100, so sampling picks distinct frames.
@@ -22,11 +25,12 @@ DEMO_MODEL = TinyLlavaConfig(seed=0)
 
 
 def build_demo(out_dir: str | Path) -> tuple[Path, Path]:
-    """Write the sample videos and the tiny model; returns (videos folder, model folder)."""
+    """Write the sample videos and the models; returns (videos folder, image LLM folder)."""
     out = Path(out_dir)
     generate(out, DEMO_VIDEOS)
-    model = build_tiny_llava(out / "tiny-llava", DEMO_MODEL)
-    return out / "videos", model
+    build_tiny_llava(out / "tiny-llava", DEMO_MODEL)
+    shutil.copytree(shipped_image_llm(), out / "image-llm", dirs_exist_ok=True)
+    return out / "videos", out / "image-llm"
 
 
 def main(argv=None) -> None:
@@ -39,8 +43,8 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     videos, model = build_demo(args.out_dir)
     count = len(list(videos.glob("*.mp4")))
-    print(f"wrote {count} sample videos to {videos} and a tiny random-weight LLaVA to {model} "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(f"wrote {count} sample videos to {videos}, the tiny image LLM to {model} and a random-weight "
+          f"replica to {videos.parent / 'tiny-llava'} in {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":

