@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redvillm.extract.videos import VIDEO_EXTENSIONS
-
 from redvillm.errors import UserError
+from redvillm.extract.videos import VIDEO_EXTENSIONS
 
 # Extensions seen on ids in circulating copies: the video files themselves, plus the feature
 # files of Video-ChatGPT (.pkl) and friends. Only these are cut from a `video_id`/`id` field,

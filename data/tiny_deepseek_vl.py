@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from redvillm.data.tiny_tokenizer import byte_level_bpe
 from transformers import (
     DeepseekVLConfig,
     DeepseekVLForConditionalGeneration,
@@ -46,6 +45,8 @@ from transformers import (
     SiglipVisionConfig,
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
+
+from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 IMAGE_TOKEN = "<image_placeholder>"

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from redvillm.data.tiny_tokenizer import byte_level_bpe
 from transformers import (
     GenerationConfig,
     GotOcr2ImageProcessorPil,
@@ -46,6 +45,8 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings
+
+from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 RECIPE_FILE = "tiny_internvl.json"
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"

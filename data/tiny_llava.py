@@ -31,7 +31,6 @@ from typing import Literal
 
 import torch
 import transformers
-from redvillm.data.tiny_tokenizer import byte_level_bpe
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -44,6 +43,8 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
+
+from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 # Llama's ids for the first three, then llava-hf appends "<image>" and "<pad>" after the vocab.
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
