@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from redvillm.data.synthetic import BACKGROUND_MAX, PALETTE, TEXTURE_AMPLITUDE
 
 SHAPES = ("square", "circle", "triangle")

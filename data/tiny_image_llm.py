@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from transformers import PreTrainedTokenizerFast
+
 from redvillm.data.image_qa import COLOUR_ZH, NUMBER_ZH, SHAPE_ZH, SIDE_ZH, sample
 from redvillm.data.synthetic import PALETTE
 from redvillm.data.tiny_llava import (
@@ -44,7 +46,6 @@ from redvillm.data.tiny_llava import (
     build_processor,
 )
 from redvillm.data.tiny_tokenizer import byte_level_bpe
-from transformers import PreTrainedTokenizerFast
 
 RECIPE_FILE = "image_llm_recipe.json"
 ACCURACY_FILE = "image_qa_accuracy.json"

@@ -28,13 +28,14 @@ from typing import Literal
 
 import torch
 import transformers
-from redvillm.data.tiny_tokenizer import byte_level_bpe
 from transformers import (
     GenerationConfig,
     PreTrainedTokenizerFast,
     Qwen2VLImageProcessorPil,
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 RECIPE_FILE = "tiny_qwen2_vl.json"
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"

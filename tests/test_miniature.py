@@ -5,6 +5,8 @@ from collections import Counter
 
 import numpy as np
 import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
 from redvillm.data.image_qa import KINDS, PALETTE, sample
 from redvillm.data.tiny_image_llm import (
     ACCURACY_FILE,
@@ -13,10 +15,8 @@ from redvillm.data.tiny_image_llm import (
     shipped_image_llm,
     train_image_llm,
 )
-from redvillm.train.miniature import MiniatureConfig, run_miniature
-from transformers import AutoProcessor, LlavaForConditionalGeneration
-
 from redvillm.families.registry import load_family
+from redvillm.train.miniature import MiniatureConfig, run_miniature
 
 
 def test_image_qa_is_reproducible_balanced_and_bilingual():

@@ -33,6 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from redvillm.batching import VideoSample, collate
+from redvillm.cache import open_cache
 from redvillm.data.synthetic import (
     CONTROL_TASKS,
     TEMPORAL_TASKS,
@@ -42,13 +45,10 @@ from redvillm.data.synthetic import (
 from redvillm.data.tiny_image_llm import shipped_image_llm
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
-from redvillm.train.config import TrainConfig
-from redvillm.train.loop import run_train
-
-from redvillm.batching import VideoSample, collate
-from redvillm.cache import open_cache
 from redvillm.families.registry import family_for_cache
 from redvillm.model_io import load_model
+from redvillm.train.config import TrainConfig
+from redvillm.train.loop import run_train
 
 # name -> (pooling, temporal module); the rows of the paper's tables.
 CONFIGURATIONS = {

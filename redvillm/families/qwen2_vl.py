@@ -214,10 +214,14 @@ class Qwen2VLFamily:
 def _tower_class(config) -> type[nn.Module]:
     """The vision transformer class of the checkpoint's own architecture (AutoModel maps only 2.5's)."""
     if config.model_type == "qwen2_5_vl":
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+            Qwen2_5_VisionTransformerPretrainedModel,
+        )
 
         return Qwen2_5_VisionTransformerPretrainedModel
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+        Qwen2VisionTransformerPretrainedModel,
+    )
 
     return Qwen2VisionTransformerPretrainedModel
 
