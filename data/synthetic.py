@@ -393,6 +393,16 @@ def generate(
 # ----------------------------------------------------------------------------- CLI
 
 
+def answer_with_label_word(split_dir: Path) -> None:
+    """Rewrite split_dir/qa.json so each answer is its label word ("red", "left"): what a tiny
+    frozen LLM can be steered to say, and what an exact-match score can check."""
+    labels = {row["video_id"]: row["label"] for row in json.loads((split_dir / "labels.json").read_text())}
+    rows = json.loads((split_dir / "qa.json").read_text())
+    for row in rows:
+        row["a"] = labels[row["video_id"]]
+    _write_json(split_dir / "qa.json", rows)
+
+
 def _parse_args(argv) -> tuple[Path, SyntheticConfig]:
     defaults = SyntheticConfig()
     parser = argparse.ArgumentParser(

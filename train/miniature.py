@@ -40,6 +40,7 @@ from redvillm.data.synthetic import (
     CONTROL_TASKS,
     TEMPORAL_TASKS,
     SyntheticConfig,
+    answer_with_label_word,
     generate,
 )
 from redvillm.data.tiny_image_llm import shipped_image_llm
@@ -147,20 +148,11 @@ def _make_split(out: Path, split: str, count: int, seed: int, cfg: MiniatureConf
     if not (videos / "labels.json").exists():
         generate(videos, SyntheticConfig(num_videos=count, tasks=cfg.tasks, num_frames=cfg.num_frames,
                                          size=cfg.size, seed=seed))
-        _answer_with_label_word(videos)
+        answer_with_label_word(videos)
     cache = out / f"{split}.h5"
     run_extract(ExtractConfig(str(videos / "videos"), str(cache), model=image_llm, num_frames=cfg.num_frames,
                               device="cpu", decode_workers=1))  # resumes: finished videos are skipped
     return cache
-
-
-def _answer_with_label_word(split_dir: Path) -> None:
-    """Answers become the label word ("red", "left"): words the image LLM already says."""
-    labels = {row["video_id"]: row["label"] for row in json.loads((split_dir / "labels.json").read_text())}
-    rows = json.loads((split_dir / "qa.json").read_text())
-    for row in rows:
-        row["a"] = labels[row["video_id"]]
-    (split_dir / "qa.json").write_text(json.dumps(rows, ensure_ascii=False))
 
 
 def _subset(split_dir: Path, per_task: int, tasks: tuple[str, ...]) -> Path:

@@ -27,7 +27,7 @@ import torch
 
 from redvillm.batching import VideoSample, collate
 from redvillm.cache import open_cache
-from redvillm.data.synthetic import SyntheticConfig, generate
+from redvillm.data.synthetic import SyntheticConfig, answer_with_label_word, generate
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
@@ -69,7 +69,7 @@ def run_sanity(cfg: SanityConfig, log=print) -> SanityResult:
         videos = out / split
         generate(videos, SyntheticConfig(num_videos=count, tasks=(cfg.task,), num_frames=cfg.num_frames, seed=seed))
         if cfg.answer_form == "word":
-            _answer_with_label_word(videos)
+            answer_with_label_word(videos)
         caches[split] = out / f"{split}.h5"
         run_extract(ExtractConfig(str(videos / "videos"), str(caches[split]), model=str(model),
                                   num_frames=cfg.num_frames, device="cpu", decode_workers=1))
@@ -96,16 +96,6 @@ def _recipe_tag(cfg: SanityConfig) -> str:
     recipe = {k: getattr(cfg, k) for k in ("train_videos", "num_frames", "steps", "batch_size", "lr",
                                             "max_grad_norm", "answer_form")}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def _answer_with_label_word(split_dir: Path) -> None:
-    """Rewrite qa.json so each answer is its label word ("red", "left"): the fixed words of a
-    sentence are what a random frozen LLM finds hardest to be steered into."""
-    labels = {row["video_id"]: row["label"] for row in json.loads((split_dir / "labels.json").read_text())}
-    rows = json.loads((split_dir / "qa.json").read_text())
-    for row in rows:
-        row["a"] = labels[row["video_id"]]
-    (split_dir / "qa.json").write_text(json.dumps(rows, ensure_ascii=False))
 
 
 @torch.no_grad()
