@@ -12,6 +12,7 @@ Tasks (the label is the one word the answer hinges on):
     order         two squares appear one after the other       label: colour of the first
     direction     one big square crosses the frame horizontally label: "left" / "right"
     color_change  one square changes colour at mid-video        label: the colour it turns into
+    count         one still square flashes two or three times label: "two" / "three"
     colour        one still square (a control, not temporal)   label: its colour
 
 Honesty. A benchmark of *temporal* understanding must not be solvable from a single frame
@@ -21,6 +22,10 @@ frames are a *permutation* of its own frames and whose label is the opposite one
 
     direction     the twin is the same video played backwards
     color_change  the twin shows colour B then A instead of A then B
+    count         the twin flashes three times where the video flashes twice: both are on
+                  screen for 6u frames in all (u = F // 12), in flashes of 3u or of 2u, so
+                  they hold the same frames. At T = 16 from the default 48 frames the
+                  sampled frames are equal too; other T can differ by one on-frame.
     order         the twin swaps the two squares' on-screen windows. Each square is on
                   screen for the same number of frames (the first leaves at 3/4 while the
                   second stays to the end); had both stayed to the end, the first square
@@ -52,9 +57,9 @@ from typing import Callable
 import av
 import numpy as np
 
-TEMPORAL_TASKS = ("order", "direction", "color_change")
+TEMPORAL_TASKS = ("order", "direction", "color_change", "count")
 CONTROL_TASKS = ("colour",)  # answerable from one frame
-TASKS = TEMPORAL_TASKS + CONTROL_TASKS  # appended: earlier tasks keep their random streams
+TASKS = ("order", "direction", "color_change", "colour", "count")  # append only: tasks keep their random streams
 
 RGB = tuple[int, int, int]
 
@@ -73,7 +78,8 @@ TEXTURE_AMPLITUDE = 4.0  # per sine wave; three waves stay within +-12 levels
 
 # Side lengths in pixels at a 224-pixel frame, scaled with `size`. Direction of motion needs
 # a big square (see SYNTHETIC.md); two order squares must fit side by side.
-SIDE_RANGE = {"order": (56, 88), "direction": (64, 100), "color_change": (64, 100), "colour": (64, 100)}
+SIDE_RANGE = {"order": (56, 88), "direction": (64, 100), "color_change": (64, 100), "colour": (64, 100),
+              "count": (64, 100)}
 REFERENCE_SIZE = 224
 
 # libx264, every frame a keyframe, no B-frames, constant quantiser (see module docstring).
@@ -106,6 +112,8 @@ class SyntheticConfig:
             raise ValueError(f"size must be a multiple of 16 and >= 32, got {self.size}")
         if self.num_frames < 8:
             raise ValueError(f"num_frames must be >= 8, got {self.num_frames}")
+        if "count" in self.tasks and self.num_frames < 12:
+            raise ValueError(f"the count task needs num_frames >= 12 (three flashes and gaps), got {self.num_frames}")
         if self.fps < 1 or self.seed < 0:
             raise ValueError(f"fps must be >= 1 and seed >= 0, got fps={self.fps}, seed={self.seed}")
 
@@ -297,8 +305,20 @@ def _colour_pair(rng, num_frames: int, size: int):
             for name in names]
 
 
+def _count_pair(rng, num_frames: int, size: int):
+    """Two twins: the same still square flashing twice (3u frames each) and three times (2u each)."""
+    side = _side(rng, "count", size)
+    colour = PALETTE[list(PALETTE)[int(rng.integers(len(PALETTE)))]]
+    xy = tuple(int(v) for v in rng.integers(0, size - side + 1, size=2))
+    u = num_frames // 12
+    flashes = {"two": [(u, 4 * u), (7 * u, 10 * u)], "three": [(u, 3 * u), (5 * u, 7 * u), (9 * u, 11 * u)]}
+    question = "How many times does the square appear?"
+    return [(word, tuple(_still(side, xy, window, colour) for window in windows), question,
+             f"The square appears {word} times.") for word, windows in flashes.items()]
+
+
 _PAIR_DRAWERS = {"order": _order_pair, "direction": _direction_pair, "color_change": _color_change_pair,
-                 "colour": _colour_pair}
+                 "colour": _colour_pair, "count": _count_pair}
 
 
 def _plan_pair(cfg: SyntheticConfig, task: str, pair: int) -> list[PlannedVideo]:

@@ -142,6 +142,11 @@ def test_labels_agree_with_decoded_pixels(small_set):
             assert len(named) == 2 and spec.label in named
             onset = {n: np.argmax(counts[n] > counts[n].max() / 2) for n in named}
             assert min(onset, key=onset.get) == spec.label and len(set(onset.values())) == 2
+        elif spec.task == "count":
+            name = max(counts, key=lambda n: counts[n].sum())
+            on = counts[name] > counts[name].max() / 2  # (F,) the square is on screen
+            flashes = int(on[0]) + int((on[1:] & ~on[:-1]).sum())
+            assert flashes == {"two": 2, "three": 3}[spec.label], spec
         else:
             first = max(PALETTE, key=lambda n: counts[n][0])
             last = max(PALETTE, key=lambda n: counts[n][-1])
@@ -202,7 +207,7 @@ def frame_hashes(frames: np.ndarray) -> list[str]:
 
 
 @pytest.mark.parametrize("task", TEMPORAL_TASKS)
-@pytest.mark.parametrize("num_frames", [16, 9])
+@pytest.mark.parametrize("num_frames", [16, 13])
 def test_twins_are_frame_permutations_with_opposite_labels(task, num_frames):
     cfg = SyntheticConfig(num_videos=20, tasks=(task,), num_frames=num_frames, size=64, seed=7)
     planned = {v.spec.video_id: v for v in plan_videos(cfg)}
@@ -303,6 +308,9 @@ def leaky_scene(video):
         squares = [dataclasses.replace(s, visible=(s.visible[0], last)) for s in scene.squares]
     elif video.spec.task == "color_change":  # the new colour is on screen for 2/3 of the time
         squares = [dataclasses.replace(s, change=(last // 3, last // 3)) for s in scene.squares]
+    elif video.spec.task == "count":  # every flash equally long: three flashes are on screen longer
+        length = 3 * (last // 12)  # the two-flash video's flash length
+        squares = [dataclasses.replace(s, visible=(s.visible[0], s.visible[0] + length)) for s in scene.squares]
     else:  # the square vanishes before the end: only where it started stays in the average
         squares = [dataclasses.replace(s, visible=(0, 3 * last // 4)) for s in scene.squares]
     return dataclasses.replace(scene, squares=tuple(squares))
