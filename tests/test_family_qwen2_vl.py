@@ -200,6 +200,10 @@ def test_chinese_end_to_end_extract_train_predict_ask(tiny_qwen, synthetic_video
     rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == len(videos) and {r["question"] for r in rows} == {"哪个颜色先出现？"}
     assert "哪个颜色先出现" in predictions.read_text(encoding="utf-8")  # not \\u-escaped
+    run_cli("redvillm.evaluate", "judge", str(predictions), "--task", "qa", "--output", str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["metrics"]["count"] == len(videos)
+    saved = json.loads((run / "redvillm_config.json").read_text(encoding="utf-8"))
+    assert saved["family"] == tiny_qwen.name and saved["extra"]["cache"]["vision"]["image_size"] == 224
     # ask extracts the video on the fly at the cache's image size (224) and answers in the terminal
     run_cli("redvillm.evaluate", "ask", str(run), str(synthetic_videos / f"{videos[0]}.mp4"),
             "这个视频里的方块往哪个方向移动？", "--max-new-tokens", "3", "--device", "cpu")
