@@ -201,8 +201,9 @@ def _task_order(task: str) -> int:
 
 
 def _cell(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"  # one seed: no spread to show
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _temporal_mean(per_task: dict) -> list[float]:
@@ -217,10 +218,10 @@ def write_results(out: Path, result: MiniatureResult) -> None:
     header = "| configuration | " + " | ".join(tasks) + " | temporal (mean) |"
     lines = ["# RED-VILLM in miniature", "",
              f"Image LLM: `{result.image_llm}` (frozen). Seeds: {result.config['seeds']}. "
-             "Two-way forced choice on held-out videos; chance = 0.50. Cells: mean ± std over seeds.", ""]
+             "Two-way forced choice on held-out videos; chance = 0.50. Cells: mean ± std over seeds (one seed: its value).", ""]
     for title, names in TABLES.items():
         names = [n for n in names if n in result.accuracy]
-        if not names:
+        if len(names) < 2:  # a table compares: one row of it alone says nothing
             continue
         lines += [f"## {title}", "", header, "|---" * (len(tasks) + 2) + "|"]
         for name in names:
@@ -228,7 +229,7 @@ def write_results(out: Path, result: MiniatureResult) -> None:
             cells = [(_cell(per_task[t]) if t in per_task else "") for t in tasks]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(_temporal_mean(per_task))} |")
         lines.append("")
-    if result.curve:
+    if len(result.curve) > 1:
         lines += ["## Accuracy vs training videos (per task, both + copy)", "",
                   "| training videos per task | " + " | ".join(tasks) + " | temporal (mean) |",
                   "|---" * (len(tasks) + 2) + "|"]
@@ -273,7 +274,6 @@ def main(argv=None) -> None:
     quiet_libraries()
     result = run_miniature(MiniatureConfig(**args))
     print((Path(args["out_dir"]) / "results.md").read_text())
-    print(f"{result.seconds:.0f} s")
 
 
 if __name__ == "__main__":
