@@ -46,7 +46,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
-from redvillm.data.tiny_tokenizer import byte_level_bpe
+from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 IMAGE_TOKEN = "<image_placeholder>"
@@ -94,21 +94,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
-# What the synthetic benchmark asks about; BPE merges follow these words so prompts stay short.
-_COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "cyan", "magenta"]
-_SHAPES = ["square", "circle", "triangle", "shape", "object", "box"]
-_DIRECTIONS = ["left", "right", "up", "down", "top", "bottom"]
-_QUESTIONS = [
-    "Which colour appeared first in the video?",
-    "Which color appeared last?",
-    "Does the square move to the left or to the right?",
-    "In which direction does the object move across the frame?",
-    "What happened first, and what happened second?",
-    "Describe the video. What is in it?",
-    "Answer with one word: yes or no.",
-]
-
-
 @dataclass
 class TinyDeepseekVLConfig:
     """Sizes and init of the tiny replica (the recipe of tiny_llava, SYNTHETIC.md)."""
@@ -146,23 +131,8 @@ class TinyDeepseekVLConfig:
 
 
 def _training_corpus() -> list[str]:
-    """Deterministic DeepSeek-formatted lines about coloured shapes moving in videos.
-
-    Special tokens are left out: the trainer would spend merges on their bytes.
-    """
-    lines = []
-    for i, colour in enumerate(_COLOURS):
-        for j, shape in enumerate(_SHAPES):
-            for k, direction in enumerate(_DIRECTIONS):
-                question = _QUESTIONS[(i + j + k) % len(_QUESTIONS)]
-                other = _COLOURS[(i + 1) % len(_COLOURS)]
-                order = ("first", "second", "last")[(i + k) % 3]
-                verdict = ("yes", "no")[(j + k) % 2]
-                lines.append(
-                    f"User: {question}\n\nAssistant: The {colour} {shape} moves {direction}, {verdict}. "
-                    f"It appeared {order}, before the {other} one, which appeared after it."
-                )
-    return lines
+    """Deterministic chat-formatted lines about the synthetic videos (data/tiny_tokenizer.py)."""
+    return video_corpus("User: {question}\n\nAssistant: {answer}")
 
 
 def build_tokenizer(cfg: TinyDeepseekVLConfig) -> PreTrainedTokenizerFast:

@@ -46,7 +46,7 @@ from transformers import (
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings
 
-from redvillm.data.tiny_tokenizer import byte_level_bpe
+from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_internvl.json"
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -82,21 +82,6 @@ CHAT_TEMPLATE = (
     "{{'<|im_start|>assistant\\n' }}"
     "{% endif %}"
 )
-
-# What the synthetic benchmark asks about; BPE merges follow these words so prompts stay short.
-_COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "cyan", "magenta"]
-_SHAPES = ["square", "circle", "triangle", "shape", "object", "box"]
-_DIRECTIONS = ["left", "right", "up", "down", "top", "bottom"]
-_QUESTIONS = [
-    "Which colour appeared first in the video?",
-    "Which color appeared last?",
-    "Does the square move to the left or to the right?",
-    "In which direction does the object move across the frame?",
-    "What happened first, and what happened second?",
-    "Describe the image. What is in the video?",
-    "Answer with one word: yes or no.",
-]
-
 
 @dataclass
 class TinyInternVLConfig:
@@ -143,20 +128,8 @@ class TinyInternVLConfig:
 
 
 def _training_corpus() -> list[str]:
-    """Deterministic chat-formatted lines about coloured shapes moving in videos (no special tokens)."""
-    lines = []
-    for i, colour in enumerate(_COLOURS):
-        for j, shape in enumerate(_SHAPES):
-            for k, direction in enumerate(_DIRECTIONS):
-                question = _QUESTIONS[(i + j + k) % len(_QUESTIONS)]
-                other = _COLOURS[(i + 1) % len(_COLOURS)]
-                order = ("first", "second", "last")[(i + k) % 3]
-                verdict = ("yes", "no")[(j + k) % 2]
-                lines.append(
-                    f"user\n\n{question}\nassistant\nThe {colour} {shape} moves {direction}, {verdict}. "
-                    f"It appeared {order}, before the {other} one, which appeared after it.\n"
-                )
-    return lines
+    """Deterministic chat-formatted lines about the synthetic videos (data/tiny_tokenizer.py)."""
+    return video_corpus("user\n\n{question}\nassistant\n{answer}\n")
 
 
 def build_tokenizer(vocab_size: int = 446) -> PreTrainedTokenizerFast:

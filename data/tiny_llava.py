@@ -44,7 +44,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
-from redvillm.data.tiny_tokenizer import byte_level_bpe
+from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 # Llama's ids for the first three, then llava-hf appends "<image>" and "<pad>" after the vocab.
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
@@ -81,21 +81,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-
-# What the synthetic benchmark asks about; BPE merges follow these words so prompts stay short.
-_COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "cyan", "magenta"]
-_SHAPES = ["square", "circle", "triangle", "shape", "object", "box"]
-_DIRECTIONS = ["left", "right", "up", "down", "top", "bottom"]
-_QUESTIONS = [
-    "Which colour appeared first in the video?",
-    "Which color appeared last?",
-    "Does the square move to the left or to the right?",
-    "In which direction does the object move across the frame?",
-    "What happened first, and what happened second?",
-    "Describe the image. What is in the video?",
-    "Answer with one word: yes or no.",
-]
-
 
 @dataclass
 class TinyLlavaConfig:
@@ -141,23 +126,8 @@ class TinyLlavaConfig:
 
 
 def _training_corpus() -> list[str]:
-    """Deterministic chat-formatted lines about coloured shapes moving in videos.
-
-    Special tokens are left out: the trainer would spend merges on their bytes.
-    """
-    lines = []
-    for i, colour in enumerate(_COLOURS):
-        for j, shape in enumerate(_SHAPES):
-            for k, direction in enumerate(_DIRECTIONS):
-                question = _QUESTIONS[(i + j + k) % len(_QUESTIONS)]
-                other = _COLOURS[(i + 1) % len(_COLOURS)]
-                order = ("first", "second", "last")[(i + k) % 3]
-                verdict = ("yes", "no")[(j + k) % 2]
-                lines.append(
-                    f"USER: \n{question} ASSISTANT: The {colour} {shape} moves {direction}, {verdict}. "
-                    f"It appeared {order}, before the {other} one, which appeared after it."
-                )
-    return lines
+    """Deterministic chat-formatted lines about the synthetic videos (data/tiny_tokenizer.py)."""
+    return video_corpus("USER: \n{question} ASSISTANT: {answer}")
 
 
 def build_tokenizer(vocab_size: int = 446) -> PreTrainedTokenizerFast:

@@ -27,3 +27,36 @@ def byte_level_bpe(corpus: list[str], vocab_size: int, special: list[str], added
     bpe.train_from_iterator(corpus, trainer=trainer)
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
     return bpe
+
+
+# What the synthetic benchmark asks about; BPE merges follow these words so prompts stay short.
+COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "cyan", "magenta"]
+SHAPES = ["square", "circle", "triangle", "shape", "object", "box"]
+DIRECTIONS = ["left", "right", "up", "down", "top", "bottom"]
+QUESTIONS = [
+    "Which colour appeared first in the video?",
+    "Which color appeared last?",
+    "Does the square move to the left or to the right?",
+    "In which direction does the object move across the frame?",
+    "What happened first, and what happened second?",
+    "Describe the image. What is in the video?",
+    "Answer with one word: yes or no.",
+]
+
+
+def video_corpus(turn: str) -> list[str]:
+    """Deterministic lines about coloured shapes moving in videos, each rendered with `turn`, a
+    family's chat layout with {question} and {answer} slots and no special tokens (the trainer
+    would spend merges on their bytes)."""
+    lines = []
+    for i, colour in enumerate(COLOURS):
+        for j, shape in enumerate(SHAPES):
+            for k, direction in enumerate(DIRECTIONS):
+                question = QUESTIONS[(i + j + k) % len(QUESTIONS)]
+                other = COLOURS[(i + 1) % len(COLOURS)]
+                order = ("first", "second", "last")[(i + k) % 3]
+                verdict = ("yes", "no")[(j + k) % 2]
+                answer = (f"The {colour} {shape} moves {direction}, {verdict}. "
+                          f"It appeared {order}, before the {other} one, which appeared after it.")
+                lines.append(turn.format(question=question, answer=answer))
+    return lines
