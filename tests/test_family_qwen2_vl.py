@@ -207,3 +207,12 @@ def test_chinese_end_to_end_extract_train_predict_ask(tiny_qwen, synthetic_video
     # ask extracts the video on the fly at the cache's image size (224) and answers in the terminal
     run_cli("redvillm.evaluate", "ask", str(run), str(synthetic_videos / f"{videos[0]}.mp4"),
             "这个视频里的方块往哪个方向移动？", "--max-new-tokens", "3", "--device", "cpu")
+
+
+def test_a_qwen_cache_does_not_impose_its_frame_size_on_another_family(tiny_qwen, tiny_llava):
+    """Training LLaVA on a Qwen cache must fail as 'another model's cache', not as a bad --image-size."""
+    from redvillm.families.registry import family_for_cache
+
+    info = {"family": tiny_qwen.name, "vision": {"image_size": 224}}
+    assert family_for_cache(str(tiny_llava), None, info).name == "llava"
+    assert family_for_cache(str(tiny_qwen), None, {**info, "vision": {"image_size": 448}}).image_size == 448

@@ -77,10 +77,10 @@ def select_configurations(text: str) -> tuple[str, ...]:
     if ";" in text or text in CONFIGURATIONS:
         names = [n.strip() for n in text.split(";") if n.strip()]
     else:
-        names = [n for group in text.split(",") for n in GROUPS[group.strip()]]
+        names = [n.strip() for group in text.split(",") for n in GROUPS.get(group.strip(), [group.strip()])]
     unknown = [n for n in names if n not in CONFIGURATIONS]
     if unknown:
-        raise SystemExit(f"error: unknown configuration {unknown[0]!r}; groups: {', '.join(GROUPS)}; "
+        raise ValueError(f"unknown configuration {unknown[0]!r}; groups: {', '.join(GROUPS)}; "
                          f"names: {'; '.join(CONFIGURATIONS)}")
     return tuple(n for n in CONFIGURATIONS if n in names)
 
@@ -267,13 +267,18 @@ def main(argv=None) -> None:
     args["curve"] = tuple(int(s) for s in args["curve"].split(",") if s)
     try:
         args["configurations"] = select_configurations(args["configurations"])
-    except KeyError as err:
-        parser.error(f"unknown configuration group {err}; use {', '.join(GROUPS)} or full names separated by ';'")
-    from redvillm.cli import quiet_libraries
+    except ValueError as err:
+        parser.error(str(err))
+
+    from redvillm.cli import friendly_errors, quiet_libraries  # the library itself never imports click
 
     quiet_libraries()
-    result = run_miniature(MiniatureConfig(**args))
-    print((Path(args["out_dir"]) / "results.md").read_text())
+    friendly_errors(_run_and_print)(MiniatureConfig(**args))
+
+
+def _run_and_print(cfg: MiniatureConfig) -> None:
+    run_miniature(cfg)
+    print((Path(cfg.out_dir) / "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -147,11 +147,16 @@ def main(argv=None) -> None:
     args = vars(parser.parse_args(argv))
     args["seeds"] = tuple(int(s) for s in args["seeds"].split(","))
     args["poolings"] = tuple(args["poolings"].split(","))
-    from redvillm.cli import quiet_libraries
+
+    from redvillm.cli import friendly_errors, quiet_libraries  # the library itself never imports click
 
     quiet_libraries()
-    result = run_sanity(SanityConfig(**args))
-    print((Path(args["out_dir"]) / "results.md").read_text())
+    friendly_errors(_run_and_print)(SanityConfig(**args))
+
+
+def _run_and_print(cfg: SanityConfig) -> None:
+    result = run_sanity(cfg)
+    print((Path(cfg.out_dir) / "results.md").read_text())
     print(f"{result.seconds:.0f} s")
 
 

@@ -25,6 +25,23 @@ def load_family(model: str, revision: str | None = None, image_size: int | None 
     image_size: the square frame size for families whose vision tower takes any resolution
     (Qwen2-VL); None takes the family's default. Fixed-resolution families refuse it.
     """
+    config = _read_config(model, revision)
+    module, name, _ = FAMILIES[config.model_type]
+    family_class = getattr(importlib.import_module(module), name)
+    return family_class(model, config, revision, image_size)
+
+
+def family_for_cache(model: str, revision: str | None, cache_info: dict) -> Family:
+    """The adapter as stage one used it for a cache (same frame size, so the same provenance).
+
+    A cache of another family keeps no say over the frame size: the caller's provenance check
+    then refuses it for what it is, a cache of another model.
+    """
+    same_family = _read_config(model, revision).model_type == cache_info.get("family")
+    return load_family(model, revision, cache_info.get("vision", {}).get("image_size") if same_family else None)
+
+
+def _read_config(model: str, revision: str | None):
     try:
         config = AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
@@ -36,14 +53,7 @@ def load_family(model: str, revision: str | None = None, image_size: int | None 
     if model_type not in FAMILIES:
         supported = ", ".join(FAMILIES)
         raise UserError(f"{model}: model_type {model_type!r} is not supported yet (supported: {supported})")
-    module, name, _ = FAMILIES[model_type]
-    family_class = getattr(importlib.import_module(module), name)
-    return family_class(model, config, revision, image_size)
-
-
-def family_for_cache(model: str, revision: str | None, cache_info: dict) -> Family:
-    """The adapter as stage one used it for a cache (same frame size, so the same provenance)."""
-    return load_family(model, revision, cache_info.get("vision", {}).get("image_size"))
+    return config
 
 
 def _first_line(err: Exception) -> str:
