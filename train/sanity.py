@@ -23,18 +23,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from redvillm.batching import VideoSample, collate
-from redvillm.cache import open_cache
 from redvillm.data.synthetic import SyntheticConfig, answer_with_label_word, generate
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
-from redvillm.families.registry import family_for_cache
-from redvillm.model_io import load_model
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
+from redvillm.train.miniature import forced_choice_by_task
 
 
 @dataclass
@@ -84,7 +79,7 @@ def run_sanity(cfg: SanityConfig, log=print) -> SanityResult:
                                 save_every=cfg.steps, log_every=50, resume=(run / "adapter.safetensors").exists())
             if not (run / "adapter.safetensors").exists():
                 run_train(train)
-            accuracy = forced_choice_accuracy(run, caches["test"], out / "test")
+            (accuracy,) = forced_choice_by_task(run, caches["test"], out / "test").values()  # one task
             result.accuracy.setdefault(pooling, []).append(accuracy)
             log(f"{cfg.task} pooling={pooling} seed={seed}: held-out accuracy {accuracy:.3f}")
     result.seconds = time.perf_counter() - started
@@ -96,28 +91,6 @@ def _recipe_tag(cfg: SanityConfig) -> str:
     recipe = {k: getattr(cfg, k) for k in ("train_videos", "num_frames", "steps", "batch_size", "lr",
                                             "max_grad_norm", "answer_form")}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
-
-
-@torch.no_grad()
-def forced_choice_accuracy(run_dir: Path, cache_path: Path, split_dir: Path, batch: int = 32) -> float:
-    """Share of videos whose own answer scores higher than its twin's (the opposite label)."""
-    model = load_model(run_dir)
-    cache = open_cache(cache_path)
-    family = family_for_cache(model.config.model, model.config.revision, cache.info)
-    qa = {row["video_id"]: row for row in json.loads((split_dir / "qa.json").read_text())}
-    twin = {row["video_id"]: row["twin_id"] for row in json.loads((split_dir / "labels.json").read_text())}
-    videos = sorted(qa)
-    correct = 0
-    for start in range(0, len(videos), batch):
-        samples = []
-        for video_id in videos[start : start + batch]:
-            temporal, spatial = family.pool(torch.from_numpy(cache[video_id]))
-            for answer in (qa[video_id]["a"], qa[twin[video_id]]["a"]):
-                samples.append(VideoSample(model.chat.encode(qa[video_id]["q"], answer), temporal, spatial))
-        scores = model.answer_logprobs(collate(samples, model.adapter.layout, model.chat.placeholder_id, 0))
-        pairs = scores.view(-1, 2)
-        correct += int((pairs[:, 0] > pairs[:, 1]).sum())
-    return correct / len(videos)
 
 
 def write_results(out: Path, result: SanityResult) -> None:
@@ -148,7 +121,10 @@ def main(argv=None) -> None:
     args["seeds"] = tuple(int(s) for s in args["seeds"].split(","))
     args["poolings"] = tuple(args["poolings"].split(","))
 
-    from redvillm.cli import friendly_errors, quiet_libraries  # the library itself never imports click
+    from redvillm.cli import (  # the library itself never imports click
+        friendly_errors,
+        quiet_libraries,
+    )
 
     quiet_libraries()
     friendly_errors(_run_and_print)(SanityConfig(**args))

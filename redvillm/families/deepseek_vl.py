@@ -18,6 +18,7 @@ Shape letters: B frames, N patches, D vision width, K LLM width.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import logging
 
@@ -33,7 +34,6 @@ from redvillm.frames import FramePreprocess
 log = logging.getLogger(__name__)
 
 _TOWER_PREFIXES = ("model.vision_model.", "vision_model.")
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # Pillow's codes
 
 
 class DeepseekVLFrameEncoder(nn.Module):
@@ -130,24 +130,14 @@ def frame_preprocess_from(processor, model: str = "the checkpoint") -> FramePrep
     height, width = size["height"], size["width"]
     if not processor.do_resize or height is None or height != width:
         raise UserError(f"{model}: DeepSeek-VL's image processor must resize to a square size, got {size}")
-    resample = _RESAMPLE.get(int(getattr(processor.resample, "value", processor.resample)))
-    if resample is None:
-        raise UserError(f"{model}: unsupported resample mode {processor.resample!r}: bicubic or bilinear only")
-    mean = tuple(float(x) for x in processor.image_mean)
-    std = tuple(float(x) for x in processor.image_std)
-    spec = FramePreprocess(
-        shortest_edge=None,
-        resize_hw=None,
-        crop_hw=None,
-        resample=resample,
-        pad_to_square=False,
-        rescale_factor=float(processor.rescale_factor) if processor.do_rescale else 1.0,
-        mean=mean if processor.do_normalize else (0.0, 0.0, 0.0),
-        std=std if processor.do_normalize else (1.0, 1.0, 1.0),
-        longest_edge=height,
-        min_edge=int(processor.min_size),
-        pad_resized_to_square=bool(processor.do_pad),
-    )
+    try:
+        numbers = FramePreprocess.from_hf(processor)  # resample, rescale, mean and std
+    except ValueError as err:
+        raise UserError(f"{model}: {err}") from None
+    # DeepSeek's geometry: resize the longest side, then pad the result to square.
+    spec = dataclasses.replace(numbers, shortest_edge=None, resize_hw=None, crop_hw=None, pad_to_square=False,
+                               longest_edge=height, min_edge=int(processor.min_size),
+                               pad_resized_to_square=bool(processor.do_pad))
     fill = tuple(int(m * 255) for m in spec.mean)  # what redvillm.frames pads with
     if spec.pad_resized_to_square and tuple(processor.background_color) != fill:
         raise UserError(f"{model}: its image processor pads with {tuple(processor.background_color)}, not the mean "
