@@ -31,20 +31,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import (
     AutoImageProcessor,
-    AutoModel,
     AutoModelForImageTextToText,
     AutoTokenizer,
 )
-from transformers.utils import cached_file
 
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
@@ -227,13 +223,16 @@ def _tower_class(config) -> type[nn.Module]:
 
 
 def _processor_chat_template(model: str, revision: str | None) -> str:
-    """Checkpoints whose tokenizer has no template keep the processor's in chat_template.json/.jinja."""
-    for name in ("chat_template.jinja", "chat_template.json"):
-        path = cached_file(model, name, revision=revision, _raise_exceptions_for_missing_entries=False)
-        if path is not None:
-            text = Path(path).read_text(encoding="utf-8")
-            return text if name.endswith(".jinja") else json.loads(text)["chat_template"]
-    raise UserError(f"{model}: no chat template (tokenizer_config.json, chat_template.jinja or chat_template.json)")
+    """Checkpoints whose tokenizer has no template keep the processor's (chat_template.json/.jinja),
+    read the way the processor reads it (get_processor_dict needs no torchvision)."""
+    from transformers import ProcessorMixin
+
+    template = ProcessorMixin.get_processor_dict(model, revision=revision)[0].get("chat_template")
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        raise UserError(f"{model}: no chat template (tokenizer_config.json, chat_template.jinja or chat_template.json)")
+    return template
 
 
 __all__ = ["Qwen2VLFamily", "QwenFrameEncoder", "MergerProjector", "patchify"]
