@@ -46,6 +46,7 @@ from redvillm.data.tiny_llava import (
     build_processor,
 )
 from redvillm.data.tiny_tokenizer import byte_level_bpe
+from redvillm.families.chat import QUESTION_SLOT, ChatFormat
 
 RECIPE_FILE = "image_llm_recipe.json"
 ACCURACY_FILE = "image_qa_accuracy.json"
@@ -100,28 +101,24 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 class _Encoder:
-    """Question/answer -> (input ids with the image expanded, labels on the answer + eos)."""
+    """Question/answer -> (input ids with the image expanded, labels on the answer + eos), through
+    redvillm's ChatFormat: the same prompt and answer split the video stage uses later."""
 
     def __init__(self, processor, num_image_tokens: int):
-        self.processor, self.tokenizer = processor, processor.tokenizer
+        self.tokenizer = processor.tokenizer
         self.image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.num_image_tokens = num_image_tokens
-        self._prompts: dict[str, list[int]] = {}
-        self._answers: dict[str, list[int]] = {}
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION_SLOT}]}]
+        self.chat = ChatFormat(self.tokenizer, processor.apply_chat_template, messages, self.image_id)
+        self._encoded: dict[tuple[str, str], tuple[list[int], list[int]]] = {}  # a few hundred distinct pairs
 
     def __call__(self, question: str, answer: str) -> tuple[list[int], list[int]]:
-        prompt = self._prompts.get(question)
-        if prompt is None:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-            ids = self.tokenizer(text)["input_ids"]
-            at = ids.index(self.image_id)
-            prompt = self._prompts[question] = ids[:at] + [self.image_id] * self.num_image_tokens + ids[at + 1:]
-        answer_ids = self._answers.get(answer)
-        if answer_ids is None:
-            ids = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-            answer_ids = self._answers[answer] = ids + [self.tokenizer.eos_token_id]
-        return prompt + answer_ids, [IGNORE] * len(prompt) + answer_ids
+        if (question, answer) not in self._encoded:
+            chat = self.chat.encode(question, answer)
+            at = chat.placeholder_at
+            prompt = chat.prompt_ids[:at] + [self.image_id] * self.num_image_tokens + chat.prompt_ids[at + 1:]
+            self._encoded[question, answer] = (prompt + chat.answer_ids, [IGNORE] * len(prompt) + chat.answer_ids)
+        return self._encoded[question, answer]
 
 
 def _batch(items, encoder: _Encoder, mean: torch.Tensor, std: torch.Tensor, pad_id: int):
