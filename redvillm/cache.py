@@ -45,6 +45,19 @@ FORMAT_VERSION = 1
 SHARD_GLOB = "r*-*.h5"
 
 
+class BadTokens(UserError):
+    """One video's tokens cannot be trusted: unreadable (checksum, I/O) or not finite.
+
+    Readers raise it for that video only; callers that can go on without the video (the pooled
+    sidecar, training, predict) catch it, count the video as skipped and report ``video_id`` and
+    ``shard``, or stop under ``--strict``.
+    """
+
+    def __init__(self, video_id: str, shard: Path | str, why: str):
+        super().__init__(f"{shard}: video {video_id!r}: {why}; rerun the same redvillm-extract command to repair")
+        self.video_id, self.shard, self.why = video_id, str(shard), why
+
+
 @dataclass(frozen=True)
 class CacheInfo:
     """Provenance shared by every video of a cache; stage two sizes itself from it."""
