@@ -77,7 +77,7 @@ BACKGROUND_MAX = 80
 TEXTURE_AMPLITUDE = 4.0  # per sine wave; three waves stay within +-12 levels
 
 # Side lengths in pixels at a 224-pixel frame, scaled with `size`. Direction of motion needs
-# a big square (see SYNTHETIC.md); two order squares must fit side by side.
+# a big square (docs/tiny-models.md); two order squares must fit side by side.
 SIDE_RANGE = {"order": (56, 88), "direction": (64, 100), "color_change": (64, 100), "colour": (64, 100),
               "count": (64, 100)}
 REFERENCE_SIZE = 224

@@ -96,7 +96,7 @@ CHAT_TEMPLATE = (
 
 @dataclass
 class TinyDeepseekVLConfig:
-    """Sizes and init of the tiny replica (the recipe of tiny_llava, SYNTHETIC.md)."""
+    """Sizes and init of the tiny replica (the recipe of tiny_llava, docs/tiny-models.md)."""
 
     image_size: int = 64  # deepseek-vl-1.3b: 384 (SigLIP-L/16, 576 tokens)
     patch_size: int = 16
@@ -108,10 +108,10 @@ class TinyDeepseekVLConfig:
     text_heads: int = 4
     vocab_size: int = 448  # BPE vocabulary incl. bos/eos; "<image_placeholder>" comes on top
     # None -> 1/sqrt(text_hidden) for LLM, aligner and LM head: HF's 0.02 leaves a random LLM so
-    # flat that nothing trained through it learns (SYNTHETIC.md).
+    # flat that nothing trained through it learns (docs/tiny-models.md).
     init_std: float | None = None
     # SigLIP's default position embeddings vanish under spatial pooling, so pooled tokens lose
-    # where things are; 0.5 keeps position readable (SYNTHETIC.md).
+    # where things are; 0.5 keeps position readable (docs/tiny-models.md).
     position_embedding_std: float = 0.5
     seed: int = 0
 
@@ -209,7 +209,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyDeepseekVLConfig) 
 
 @torch.no_grad()
 def _reinit(model: DeepseekVLForConditionalGeneration, cfg: TinyDeepseekVLConfig) -> None:
-    """Overwrite HF's init where SYNTHETIC.md found it unlearnable; other vision params keep it."""
+    """Overwrite HF's init where it leaves a tiny model unlearnable (docs/tiny-models.md); other vision params keep it."""
     std = cfg.resolved_init_std
     flat_by_default = [model.model.language_model, model.model.aligner, model.lm_head]
     for part in flat_by_default:

@@ -100,10 +100,10 @@ class TinyInternVLConfig:
     vision_feature_layer: int = -1  # as InternVL3: the last layer
     downsample_ratio: float = 0.5
     # None -> 1/sqrt(text_hidden) for LLM and projector: HF's 0.02 leaves a random LLM so
-    # flat that nothing trained through it learns (SYNTHETIC.md).
+    # flat that nothing trained through it learns (docs/tiny-models.md).
     init_std: float | None = None
     # InternViT's position embeddings start at zero (HF init): pooled tokens would not know
-    # where things are; 0.5 keeps position readable (SYNTHETIC.md).
+    # where things are; 0.5 keeps position readable (docs/tiny-models.md).
     position_embedding_std: float = 0.5
     seed: int = 0
 
@@ -216,7 +216,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyInternVLConfig) ->
 
 @torch.no_grad()
 def _reinit(model: InternVLForConditionalGeneration, cfg: TinyInternVLConfig) -> None:
-    """Overwrite HF's init where SYNTHETIC.md found it unlearnable; other vision params keep it."""
+    """Overwrite HF's init where it leaves a tiny model unlearnable (docs/tiny-models.md); other vision params keep it."""
     std = cfg.resolved_init_std
     for part in (model.model.language_model, model.model.multi_modal_projector, model.lm_head):
         for module in part.modules():

@@ -84,7 +84,7 @@ CHAT_TEMPLATE = (
 
 @dataclass
 class TinyLlavaConfig:
-    """Sizes and init of the tiny replica; defaults are the recipe in shared/SYNTHETIC.md."""
+    """Sizes and init of the tiny replica; defaults are the recipe in docs/tiny-models.md."""
 
     image_size: int = 224  # llava-1.5 uses 336; any size works, CLIP floors the patch grid
     patch_size: int = 32
@@ -97,10 +97,10 @@ class TinyLlavaConfig:
     vision_feature_layer: int = -2  # as llava-1.5: penultimate CLIP layer
     vision_feature_select_strategy: Literal["default", "full"] = "default"  # default drops CLS, as llava-1.5
     # None -> 1/sqrt(text_hidden) for LLM and projector: HF's 0.02 leaves a random LLM so
-    # flat that nothing trained through it learns (SYNTHETIC.md).
+    # flat that nothing trained through it learns (docs/tiny-models.md).
     init_std: float | None = None
     # CLIP's 0.02 position embeddings vanish under spatial pooling, so pooled tokens lose where
-    # things are; 0.5 keeps position readable (SYNTHETIC.md).
+    # things are; 0.5 keeps position readable (docs/tiny-models.md).
     position_embedding_std: float = 0.5
     seed: int = 0
 
@@ -219,7 +219,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyLlavaConfig) -> Ll
 
 @torch.no_grad()
 def _reinit(model: LlavaForConditionalGeneration, cfg: TinyLlavaConfig) -> None:
-    """Overwrite HF's init where SYNTHETIC.md found it unlearnable; other vision params keep it."""
+    """Overwrite HF's init where it leaves a tiny model unlearnable (docs/tiny-models.md); other vision params keep it."""
     std = cfg.resolved_init_std
     flat_by_default = [model.model.language_model, model.model.multi_modal_projector, model.lm_head]
     for part in flat_by_default:

@@ -80,7 +80,7 @@ class TinyQwen2VLConfig:
     text_kv_heads: int = 2
     mrope_section: tuple[int, int, int] = (2, 3, 3)  # sums to head_dim / 2 (temporal, height, width)
     window_size: int = 56  # 2.5 only: 56 px = 2x2 merged units per window, so 224 px has 16 windows
-    position_std: float = 0.5  # patch-embed std: pooled tokens must keep where things are (SYNTHETIC.md)
+    position_std: float = 0.5  # patch-embed std: pooled tokens must keep where things are (docs/tiny-models.md)
     vocab_size: int = 480
     seed: int = 0
 
@@ -159,7 +159,7 @@ def build_model(config, cfg: TinyQwen2VLConfig) -> torch.nn.Module:
 
 @torch.no_grad()
 def _reinit(model: torch.nn.Module, cfg: TinyQwen2VLConfig) -> None:
-    """HF's 0.02 init leaves a tiny LLM too flat to learn through (SYNTHETIC.md): 1/sqrt(width)."""
+    """HF's 0.02 init leaves a tiny LLM too flat to learn through (docs/tiny-models.md): 1/sqrt(width)."""
     std = 1.0 / math.sqrt(cfg.text_hidden)
     for part in (model.model.language_model, model.model.visual.merger, model.lm_head):
         for module in part.modules():

@@ -2,7 +2,7 @@
 
 Twins make the time-averaged tokens of opposite-label videos identical, so pooling "temporal"
 scores exactly 0.5 on the forced choice by construction; pooling "both" must learn the order
-from the temporal tokens. The substrate is the random-weight replica (SYNTHETIC.md's floor).
+from the temporal tokens. The substrate is the random-weight replica (the floor described in docs/tiny-models.md).
 """
 
 import pytest

@@ -9,7 +9,7 @@ So training with pooling "both" must learn them while "temporal" stays at chance
 Accuracy is a two-way forced choice on held-out videos: the model scores its own answer
 sentence and its twin's (the opposite label, same question) and picks the likelier one; chance
 is 50%. The substrate is the tiny *random-weight* replica (frozen random ViT and LLM): a hard
-one, which shared/SYNTHETIC.md describes; the trained miniature image LLM is the real test.
+one (docs/tiny-models.md says why); the trained miniature image LLM is the real test.
 Results go to OUT_DIR/results.json and OUT_DIR/results.md.
 """
 
