@@ -3,7 +3,7 @@
     python -m redvillm.data.demo DIR
 
 writes DIR/videos/*.mp4 (+ DIR/qa.json, DIR/labels.json: the synthetic order/direction task in
-VideoInstruct format, 224 px, 120 frames), DIR/train/ and DIR/test/ (the four synthetic tasks at
+VideoInstruct format, 224 px, 120 frames), DIR/train/ and DIR/test/ (the colour control and the four temporal tasks at
 the image LLM's 64 px, answers reduced to the label word, held-out videos drawn from another
 seed), DIR/image-llm/ (a copy of the tiny image LLM we trained on synthetic
 image QA and ship in data/assets: a real, if tiny, image LLM) and DIR/tiny-llava/ (a

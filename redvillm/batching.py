@@ -18,7 +18,7 @@ IGNORE = -100
 @dataclass
 class VideoSample:
     chat: EncodedChat
-    temporal: torch.Tensor  # (T, D) mean over patches
+    temporal: torch.Tensor  # (T, D') mean over patches, D' as the projector takes it (4D for Qwen/InternVL)
     spatial: torch.Tensor  # (N, D) mean over time
 
 

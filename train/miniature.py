@@ -15,7 +15,7 @@ configuration and seed, all tasks in one instruction set), then answers held-out
              the number of training videos (how few reach 90%)
 
 Tasks: `colour` (a control answerable from any frame) and the temporal ones `order`,
-`direction`, `color_change`, whose twins make time-averaged tokens useless (data/synthetic.py).
+`direction`, `color_change`, `count`, whose twins make time-averaged tokens useless (data/synthetic.py).
 Accuracy is a two-way forced choice on held-out videos: the model scores its own answer and its
 twin's; chance is 0.5. Cells are mean +- standard deviation over seeds. Everything (videos,
 caches, runs) lands in OUT_DIR; a rerun reuses what is finished. Results: OUT_DIR/results.json

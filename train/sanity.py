@@ -35,7 +35,7 @@ from redvillm.train.miniature import forced_choice_by_task
 @dataclass
 class SanityConfig:
     out_dir: str
-    task: str = "order"  # order | direction | color_change
+    task: str = "order"  # order | direction | color_change | count
     seeds: tuple[int, ...] = (0, 1, 2)
     poolings: tuple[str, ...] = ("both", "temporal")
     train_videos: int = 400
@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     defaults = SanityConfig("")
     parser = argparse.ArgumentParser(prog="python -m redvillm.train.sanity", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--task", default=defaults.task, choices=["order", "direction", "color_change"])
+    parser.add_argument("--task", default=defaults.task, choices=["order", "direction", "color_change", "count"])
     parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)))
     parser.add_argument("--poolings", default=",".join(defaults.poolings))
     for name in ("train_videos", "test_videos", "num_frames", "steps", "batch_size"):

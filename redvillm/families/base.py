@@ -49,7 +49,7 @@ class Family(Protocol):
         ...
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, N, D) -> temporal tokens (T, D) and spatial tokens (N', D') as the projector takes them."""
+        """(T, N, D) -> temporal tokens (T, D') and spatial tokens (N', D') as the projector takes them."""
         ...
 
     def chat_format(self) -> ChatFormat:
