@@ -58,7 +58,8 @@ def results_table(results: dict) -> Table:
     task, dataset = results["task"], results.get("dataset")
     judge = results.get("judge") or {}
     metrics = results["metrics"]
-    title = f"{DATASETS.get(dataset, dataset or 'predictions')} - criterion {task}"
+    protocol = (results.get("protocol") or {}).get("name", "redvillm")
+    title = f"{DATASETS.get(dataset, dataset or 'predictions')} - criterion {task} - {protocol} protocol"
     table = Table(title=title)
     table.add_column("model")
     if task == "qa":
@@ -72,11 +73,10 @@ def results_table(results: dict) -> Table:
     counts = judge.get("counts", {})
     judged = [str(counts.get("judged", "-")), str(counts.get("judge_failed", "-"))]
     ours = [_pct(judge.get("accuracy")), _num(judge.get("mean_score"))] if task == "qa" else [_num(judge.get("mean_score"))]
-    protocol = (results.get("protocol") or {}).get("name", "redvillm")
-    table.add_row(f"ours ({protocol} protocol)", *ours, *no_judge, *judged)
+    table.add_row("ours", *ours, *no_judge, *judged)
     verdict = results.get("comparable_with_paper") or comparability(results)
-    table.caption = ("paper rows: comparable (" if verdict["comparable"] else "not comparable with the paper: (") \
-        + verdict["why"] + ")"
+    table.caption = ("the paper's rows are comparable: " if verdict["comparable"] else
+                     "not comparable with the paper's numbers: ") + verdict["why"]
     if verdict["comparable"]:
         for model, cells in paper_rows(task, dataset):
             table.add_row(f"[dim]{model} (paper)", *cells, *["" for _ in range(5)])
