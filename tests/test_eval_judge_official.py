@@ -162,3 +162,36 @@ def test_our_protocol_is_not_comparable_and_says_why(recorder, tmp_path):
     user = Recorder.bodies[0]["messages"][1]["content"]
     assert "  What happens first?  " in user and " He walks in. " in user  # not stripped in ours either
     assert Recorder.bodies[0]["temperature"] == 0
+
+
+@pytest.mark.parametrize("reply, criterion, expected", [
+    ("{'pred': 'yes', 'score': 4.8}", "qa", (4.0, "yes")),  # int() truncation
+    ("{'pred': 'Yes, mostly', 'score': 3}", "qa", (3.0, "yes")),  # substring rule
+    ("{'pred': 'not really', 'score': 1}", "qa", (1.0, "no")),  # "no" inside "not"
+    ("{'pred': 'maybe', 'score': 2}", "qa", (2.0, "neither")),  # scored, not in the accuracy
+    ("{'score': 7}", "ci", (7.0, None)),  # no range check in the original
+    ("{'score': '3'}", "tu", (3.0, None)),  # int('3')
+    ('Sure: {"score": 4}', "ci", None),  # the whole reply must be a literal
+    ("{'score': '4.5'}", "ci", None),  # int('4.5') raises in their aggregation
+    ("{'pred': 'yes'}", "qa", None),
+    ("{'pred': 1, 'score': 2}", "qa", None),
+])
+def test_original_scoring_reads_replies_as_the_scripts_do(reply, criterion, expected):
+    from redvillm.evaluate.judge import parse_original
+
+    verdict = parse_original(reply, criterion)
+    assert (None if verdict is None else (verdict.score, verdict.pred)) == expected
+
+
+def test_original_accuracy_is_yes_over_yes_plus_no(layout, recorder, tmp_path):
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps(ODD[:2]), encoding="utf-8")
+    Recorder.reply = "{'pred': 'unsure', 'score': 2.9}"
+    try:
+        first = run_judge(JudgeConfig(str(preds), "qa", str(tmp_path / "r.json"), judge_url=recorder,
+                                      judge_model="m", protocol="videochatgpt", official_scripts=str(layout),
+                                      original_scoring=True))
+    finally:
+        Recorder.reply = "{'pred': 'yes', 'score': 4.8}"
+    assert first["judge"]["counts"]["judged"] == 2 and first["judge"]["accuracy"] is None
+    assert first["judge"]["mean_score"] == 2.0
