@@ -125,11 +125,15 @@ def _backend(cfg: JudgeConfig, protocol):
 
 
 def _dry_run(cfg: JudgeConfig, protocol, items: list[dict]) -> dict:
-    """The request bodies of the first rows, as they would be sent; nothing is sent."""
+    """The request bodies of the first rows, as they would be sent; nothing is sent.
+
+    Without --judge-url, redvillm's protocol shows model and messages only (its parameters
+    belong to the HTTP client); the videochatgpt protocol shows the script's own keywords.
+    """
     backend = _backend(cfg, protocol) if cfg.judge_url else None
-    model = cfg.judge_model or (protocol.script(cfg.task).request["model"] if protocol.name == "videochatgpt"
-                                else None)
-    parameters = backend.parameters if backend is not None else {}
+    official = protocol.script(cfg.task).request if protocol.name == "videochatgpt" else {}
+    model = cfg.judge_model or official.get("model")  # without --judge-model: the script's own
+    parameters = backend.parameters if backend is not None else {k: v for k, v in official.items() if k != "model"}
     out = Path(cfg.output)
     target = out.with_name(out.stem + ".requests.jsonl")
     bodies = []
