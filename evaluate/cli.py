@@ -1,4 +1,4 @@
-"""`redvillm-eval predict | judge | ask`: thin click commands over the evaluation library."""
+"""`redvillm-eval predict | judge | export | ask`: thin click commands over the evaluation library."""
 
 from __future__ import annotations
 
@@ -60,32 +60,72 @@ def predict(ctx: click.Context, config_file: str | None, **flags) -> None:
               help="qa: zero-shot QA; ci/do/cu/tu/co: the generative benchmark's criteria.")
 @click.option("--output", required=True, type=click.Path(), help="Results JSON.")
 @click.option("--dataset", default=None, help="msvd, msrvtt, tgif or activitynet (default: from the file name).")
-@click.option("--judge-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--judge-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. "
+              "The API key goes to this host only: redirects are not followed.")
 @click.option("--judge-model", default=None, help="Exact judge model name (pinned, recorded in the results).")
 @click.option("--judge-local", default=None, help="Or a local transformers model as judge.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key "
+              "(masked as *** in everything written).")
+@click.option("--protocol", type=click.Choice(["redvillm", "videochatgpt"]), default="redvillm",
+              help="Whose messages the judge gets: ours, or exactly those of Video-ChatGPT's scripts "
+              "(needs --official-scripts). Only videochatgpt with a gpt-3.5-turbo judge is comparable with "
+              "published numbers.")
+@click.option("--official-scripts", default=None, type=click.Path(),
+              help="Your copy of Video-ChatGPT's quantitative_evaluation/ folder (read, never run).")
+@click.option("--original-scoring", is_flag=True,
+              help="Score as the original scripts: int() truncation, yes/no by substring, strict reply parsing.")
 @click.option("--attempts", default=3, help="Asks per row before an unparseable reply counts as judge_failed.")
-@click.option("--retries", default=4, help="HTTP retries per ask (429, 5xx, timeouts).")
+@click.option("--retries", default=4, help="HTTP retries per ask (429, 5xx, timeouts, non-JSON bodies).")
+@click.option("--timeout", default=60.0, help="Seconds per HTTP request (each socket wait).")
+@click.option("--row-timeout", default=300.0, help="Seconds per row, all asks and retries included; a row "
+              "over it is judge_failed and the run goes on. A hanging judge costs at most this per row.")
+@click.option("--stop-after-failures", default=20, help="After this many rows in a row the judge did not "
+              "answer, the rest are marked judge_failed without asking (0: never).")
 @click.option("--workers", default=1, help="Parallel requests to an HTTP judge.")
 @click.option("--cache", default=None, help="Judge reply cache (default: beside the results).")
+@click.option("--dry-run", default=0, help="Write the request bodies of the first N rows to "
+              "OUTPUT-stem.requests.jsonl and send nothing (to check the messages).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.pass_context
 @friendly_errors
 def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
-    """Score predictions: no-judge metrics always, an LLM judge when one is given."""
+    """Score predictions: no-judge metrics always, an LLM judge when one is given.
+
+    PREDICTIONS: `predict` output, or Video-ChatGPT's prediction file (JSON list or JSONL with
+    video_name, Q, A, pred; or Q1, Q2, pred1, pred2 for --task co).
+    """
     quiet_libraries()
     from redvillm.evaluate.judging import JudgeConfig, run_judge
-    from redvillm.evaluate.report import per_type_table, results_table
+    from redvillm.evaluate.report import paper_table, per_type_table, results_table
 
     cfg = config_from(ctx, JudgeConfig, config_file, **flags)
     console = Console(stderr=True)
     with _bar(console, "judge") as update:
         results = run_judge(cfg, lambda p: update(p.done, p.total, f"{p.failed} failed"))
-    Console().print(results_table(results))
-    by_type = per_type_table(results)
-    if by_type is not None:
-        Console().print(by_type)
+    if "dry_run" in results:
+        console.print(f"{results['requests']} request bodies, nothing sent -> {results['dry_run']}", highlight=False)
+        return
+    for note in results["input"]["notes"]:
+        console.print(f"[yellow]{note}", highlight=False)
+    for table in (results_table(results), paper_table(results), per_type_table(results)):
+        if table is not None:
+            Console().print(table)
     console.print(f"results -> {cfg.output}", highlight=False)
+
+
+@main.command(context_settings=SETTINGS)
+@click.argument("predictions", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["videochatgpt"]), default="videochatgpt",
+              help="videochatgpt: the JSON list Video-ChatGPT's scoring scripts read.")
+@click.option("--output", required=True, type=click.Path(), help="File to write.")
+@friendly_errors
+def export(predictions: str, fmt: str, output: str) -> None:
+    """Write PREDICTIONS in another toolkit's format (to score them with its own scripts)."""
+    from redvillm.evaluate.judge.rows import export_videochatgpt
+
+    summary = export_videochatgpt(predictions, output)
+    note = f", {summary['left_out']} unanswered rows left out" if summary["left_out"] else ""
+    click.echo(f"{summary['rows']} {'consistency ' if summary['consistency'] else ''}rows{note} -> {summary['output']}")
 
 
 @main.command(context_settings=SETTINGS)

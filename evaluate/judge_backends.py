@@ -28,8 +28,8 @@ class JudgeUnavailable(UserError):
 
 
 class JudgeBackend(Protocol):
-    def complete(self, messages: list[Message]) -> str:
-        """The judge's reply text to one chat request."""
+    def complete(self, messages: list[Message], deadline: float | None = None) -> str:
+        """The judge's reply text to one chat request, by ``deadline`` (time.monotonic()) if given."""
 
     def describe(self) -> dict:
         """name, model, parameters (and volatile details); never a credential."""
@@ -57,13 +57,34 @@ def _public_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: the next hop could be another host, and the key would go there."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = _public_url(urllib.parse.urljoin(req.full_url, newurl))
+        raise JudgeUnavailable(f"judge at {_public_url(req.full_url)} answered HTTP {code}, a redirect to {target}: "
+                               "not followed (the API key is sent only to --judge-url's host); "
+                               "give the final URL as --judge-url")
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class OpenAICompatibleJudge:
     """Any server speaking OpenAI's /v1/chat/completions (OpenAI, vLLM, llama.cpp, ...).
 
-    The API key is read from ``api_key_env`` at each request (local servers need none), sent
-    as a Bearer header and nowhere else. ``retries`` extra attempts, with delays backoff * 2^k
-    (capped by max_backoff, raised to a server's Retry-After), on HTTP 429/5xx, timeouts and
-    connection errors; any other 4xx raises JudgeUnavailable at once.
+    The API key is read from ``api_key_env`` at each request (local servers need none) and sent
+    as a Bearer header to the ``url``'s host only: redirects are never followed. A reply or an
+    error text that contains the key has it replaced by ``***`` before anything sees it, so
+    it reaches no cache, verdict, result or log. A key sent over plain http to a non-loopback
+    host is warned about once.
+
+    ``parameters`` are the request's keywords besides model and messages (default: temperature
+    0, max_tokens, and seed when given). ``retries`` extra attempts, with delays backoff * 2^k
+    (capped by max_backoff, raised to a server's Retry-After), on HTTP 429/5xx, timeouts,
+    connection errors and 200 bodies that are not a chat completion; any other 4xx raises
+    JudgeUnavailable at once. ``timeout`` bounds each socket wait; ``complete(deadline=)``
+    bounds the whole call, retries and waits included.
     """
 
     name = "openai-compatible"
@@ -71,66 +92,89 @@ class OpenAICompatibleJudge:
     def __init__(self, url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 256, seed: int | None = None,
                  timeout: float = 60.0, retries: int = 4, backoff: float = 1.0,
-                 max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 parameters: dict | None = None):
         if not model:
             raise UserError("the judge model must be pinned: pass its exact name (e.g. gpt-3.5-turbo-0125)")
         if retries < 0 or timeout <= 0:
             raise UserError("judge retries must be >= 0 and timeout > 0")
         self.endpoint = chat_completions_url(url)
-        self.model, self.temperature, self.max_tokens, self.seed = model, temperature, max_tokens, seed
+        if parameters is None:
+            parameters = {"temperature": temperature, "max_tokens": max_tokens}
+            if seed is not None:
+                parameters["seed"] = seed
+        self.model, self.parameters = model, dict(parameters)
         self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
         self._api_key_env, self._sleep = api_key_env, sleep
         self.requests = 0  # HTTP requests sent, retries included
         self._count_lock = threading.Lock()
+        self._warned_plain_http = False
         self.observed_models: set[str] = set()  # what the server says answered (aliases resolve here)
         host = urllib.parse.urlsplit(self.endpoint).hostname
-        proxies = {} if host in ("127.0.0.1", "localhost", "::1") else None  # never proxy loopback
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
+        proxies = {} if host in _LOOPBACK else None  # never proxy loopback
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies), _RefuseRedirects())
 
     def describe(self) -> dict:
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
-        return {"name": self.name, "model": self.model, "parameters": params,
+        return {"name": self.name, "model": self.model, "parameters": dict(self.parameters),
                 "endpoint": _public_url(self.endpoint),
                 "client": {"timeout": self.timeout, "retries": self.retries, "backoff": self.backoff},
                 "observed": {"models": sorted(self.observed_models)}}
 
-    def complete(self, messages: list[Message]) -> str:
-        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
-        if self.seed is not None:
-            body["seed"] = self.seed
-        data = json.dumps(body).encode()
+    def complete(self, messages: list[Message], deadline: float | None = None) -> str:
+        """The reply to one request (key masked); JudgeUnavailable after bounded retries or at ``deadline``."""
+        data = json.dumps({"model": self.model, "messages": messages, **self.parameters}).encode()
         last, retry_after = "no attempt", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-                self._sleep(max(delay, min(retry_after, self.max_backoff)))
-            status, payload, retry_after = self._post(data)
+                delay = max(min(self.backoff * 2 ** (attempt - 1), self.max_backoff), min(retry_after, self.max_backoff))
+                self._sleep(min(delay, self._left(deadline, last)))
+            status, payload, retry_after = self._post(data, self._left(deadline, last))
             if status == 200:
                 reply = self._content(payload)
                 if reply is not None:
-                    return reply
-                last = "a 200 response without choices[0].message.content"
+                    return self.mask(reply)
+                last = f"a 200 response that is not a chat completion: {self._excerpt(payload)}"
             elif status is not None and status != 429 and status < 500:
                 raise JudgeUnavailable(f"judge at {_public_url(self.endpoint)} refused the request: "
                                        f"HTTP {status} {self._excerpt(payload)}")
             else:
-                last = f"HTTP {status} {self._excerpt(payload)}" if status else payload
+                last = f"HTTP {status} {self._excerpt(payload)}" if status else self.mask(payload)
         raise JudgeUnavailable(f"judge at {_public_url(self.endpoint)} gave no answer after "
                                f"{self.retries + 1} attempts (last: {last.strip()})")
 
-    def _post(self, data: bytes) -> tuple[int | None, str, float]:
+    def _left(self, deadline: float | None, last: str) -> float:
+        """Seconds left before ``deadline`` (at most one timeout); JudgeUnavailable when none."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise JudgeUnavailable(f"judge at {_public_url(self.endpoint)}: the row's time bound ran out "
+                                   f"(last: {last.strip()})")
+        return min(self.timeout, left)
+
+    def _key(self) -> str | None:
+        return os.environ.get(self._api_key_env) or None if self._api_key_env else None
+
+    def mask(self, text: str) -> str:
+        """``text`` with the API key replaced by ***."""
+        key = self._key()
+        return text.replace(key, "***") if key and isinstance(text, str) else text
+
+    def _post(self, data: bytes, timeout: float) -> tuple[int | None, str, float]:
         """(status, body text, Retry-After seconds); status None for a transport failure."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self._api_key_env) if self._api_key_env else None
+        request = urllib.request.Request(self.endpoint, data=data, method="POST",
+                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+        key = self._key()
         if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
+            self._warn_plain_http()
+            request.add_unredirected_header("Authorization", f"Bearer {key}")  # never carried to a redirect
         with self._count_lock:
             self.requests += 1
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=timeout) as response:
                 return response.status, response.read().decode("utf-8", "replace"), 0.0
+        except JudgeUnavailable:
+            raise
         except urllib.error.HTTPError as err:
             try:
                 text = err.read().decode("utf-8", "replace")
@@ -141,6 +185,13 @@ class OpenAICompatibleJudge:
             reason = getattr(err, "reason", err)
             return None, f"{type(reason).__name__}: {reason}", 0.0
 
+    def _warn_plain_http(self) -> None:
+        parts = urllib.parse.urlsplit(self.endpoint)
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK and not self._warned_plain_http:
+            self._warned_plain_http = True
+            log.warning("the API key goes to %s over plain http, readable on the network; use https",
+                        parts.hostname)
+
     def _content(self, payload: str) -> str | None:
         try:
             response = json.loads(payload)
@@ -148,15 +199,13 @@ class OpenAICompatibleJudge:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return None
         if isinstance(response.get("model"), str):
-            self.observed_models.add(response["model"])
+            self.observed_models.add(self.mask(response["model"]))
         if isinstance(content, list):  # content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         return content if isinstance(content, str) else ""  # null (refusal) -> unparseable
 
     def _excerpt(self, text: str) -> str:
-        key = os.environ.get(self._api_key_env) if self._api_key_env else None
-        text = " ".join(text.split())[:200]
-        return text.replace(key, "***") if key else text
+        return self.mask(" ".join(text.split())[:200])
 
 
 def _retry_after(value: str | None) -> float:
@@ -202,7 +251,8 @@ class TransformersJudge:
             raise UserError(f"judge model {self.model_id!r} has no chat template; use an instruct/chat model")
         self._tokenizer, self._model = tokenizer, model.to(self.device).eval()
 
-    def complete(self, messages: list[Message]) -> str:
+    def complete(self, messages: list[Message], deadline: float | None = None) -> str:
+        """The reply (greedy). ``deadline`` is not enforced: a local model has no hanging server."""
         import torch
 
         with self._lock:

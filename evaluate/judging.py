@@ -1,25 +1,37 @@
-"""``run_judge``: predictions JSONL -> results JSON (no-judge metrics always; an LLM judge if given)."""
+"""``run_judge``: a predictions file -> results JSON (no-judge metrics always; an LLM judge if given).
+
+The results say exactly what was judged and how: the protocol (``redvillm``, ours, by
+default; or ``videochatgpt``, the messages of Video-ChatGPT's own scripts read from
+``official_scripts``), the scoring rule (ours, or ``original`` to reproduce the scripts'
+int() truncation and yes/no substring rule), the judge model and request parameters, every
+deviation from the original scoring scripts, and whether the numbers can sit beside the
+paper's (only under the videochatgpt protocol with a gpt-3.5-turbo judge).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import redvillm
 from redvillm.errors import UserError
 from redvillm.evaluate.judge import CRITERIA, JudgeCache, OpenAICompatibleJudge, TransformersJudge, judge_all
+from redvillm.evaluate.judge.official import VideoChatGPTProtocol
+from redvillm.evaluate.judge.protocols import RedvillmProtocol, item_fields
+from redvillm.evaluate.judge.rows import judge_items, metric_records, read_prediction_file
 from redvillm.evaluate.metrics import aggregate
-from redvillm.evaluate.predict import read_predictions
-from redvillm.evaluate.report import dataset_from_name
+from redvillm.evaluate.report import comparability, dataset_from_name
 from redvillm.model_io import write_json
+
+PAPER_JUDGE = "gpt-3.5-turbo"
 
 
 @dataclass
 class JudgeConfig:
-    predictions: str  # redvillm-eval predict output
+    predictions: str  # redvillm-eval predict output, or Video-ChatGPT's prediction JSON
     task: Literal["qa", "ci", "do", "cu", "tu", "co"]
     output: str  # results JSON; verdicts go to <output>.verdicts.jsonl
     dataset: str | None = None  # msvd | msrvtt | tgif | activitynet (default: from the file name)
@@ -27,10 +39,17 @@ class JudgeConfig:
     judge_model: str | None = None  # the exact, pinned judge model name
     judge_local: str | None = None  # or: a local transformers model (hub id or directory)
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never written
+    protocol: Literal["redvillm", "videochatgpt"] = "redvillm"  # whose messages the judge gets
+    official_scripts: str | None = None  # the user's copy of Video-ChatGPT's quantitative_evaluation/
+    original_scoring: bool = False  # int() truncation and the yes/no substring rule of the scripts
     attempts: int = 3  # asks per row before a reply that never parses counts as judge_failed
-    retries: int = 4  # HTTP retries (429, 5xx, timeouts) per ask
+    retries: int = 4  # HTTP retries (429, 5xx, timeouts, non-JSON bodies) per ask
+    timeout: float = 60.0  # seconds per HTTP request (each socket wait)
+    row_timeout: float = 300.0  # seconds per row, every ask and retry included; then judge_failed
+    stop_after_failures: int = 20  # rows in a row the judge did not answer before the rest are not asked
     workers: int = 1  # parallel requests to an HTTP judge
     cache: str | None = None  # judge reply cache (default: <output>.judge-cache.jsonl)
+    dry_run: int = 0  # >0: write the request bodies of the first N rows to <output>.requests.jsonl, send none
 
     def __post_init__(self):
         if self.task not in CRITERIA:
@@ -39,57 +58,122 @@ class JudgeConfig:
             raise ValueError("--judge-url needs --judge-model: the exact, pinned judge model name")
         if self.judge_url and self.judge_local:
             raise ValueError("--judge-url and --judge-local are exclusive")
+        if self.protocol not in ("redvillm", "videochatgpt"):
+            raise ValueError("protocol must be redvillm or videochatgpt")
+        if self.protocol == "videochatgpt" and not self.official_scripts:
+            raise ValueError("--protocol videochatgpt needs --official-scripts DIR: your copy of Video-ChatGPT's "
+                             "quantitative_evaluation/ folder")
+        if self.timeout <= 0 or self.row_timeout <= 0:
+            raise ValueError("--timeout and --row-timeout must be > 0")
 
 
 def run_judge(cfg: JudgeConfig, progress: Callable | None = None) -> dict:
     path = Path(cfg.predictions)
-    records = list(read_predictions(path).values())
-    if not records:
+    source = read_prediction_file(path)
+    if not source.rows:
         raise UserError(f"{path}: no predictions in it; run `redvillm-eval predict` first")
     meta = _read_meta(path)
-    items = _pair_consistency(records) if cfg.task == "co" else [_item(r) for r in records]
+    items = judge_items(source.rows, cfg.task)
+    protocol = _protocol(cfg)
+    if cfg.dry_run:
+        return _dry_run(cfg, protocol, items)
+    backend = _backend(cfg, protocol)
+    scoring = "original" if cfg.original_scoring else "redvillm"
     results = {
         "redvillm_version": redvillm.__version__, "predictions": str(path), "task": cfg.task,
-        "dataset": cfg.dataset or dataset_from_name(path.name) or dataset_from_name(meta.get("predict_config", {}).get("questions", "")),
-        "counts": {"predictions": len(records), "items": len(items),
+        "dataset": cfg.dataset or dataset_from_name(path.name)
+        or dataset_from_name(meta.get("predict_config", {}).get("questions", "")),
+        "input": {"format": source.format, "ids_from_position": source.ids_from_position,
+                  "duplicate_ids": source.duplicate_ids, "notes": source.notes},
+        "counts": {"predictions": len(source.rows), "items": len(items),
                    "missing_video_questions": meta.get("missing_video_questions", 0)},
-        "metrics": aggregate(records), "judge": None,
+        "metrics": aggregate(metric_records(source.rows)), "judge": None,
+        "protocol": protocol.describe(cfg.task), "scoring": scoring,
     }
-    backend = _backend(cfg)
     if backend is not None:
         out = Path(cfg.output)
         cache = JudgeCache(cfg.cache or out.with_name(out.stem + ".judge-cache.jsonl"))
-        outcome = judge_all(items, cfg.task, backend, cache, cfg.attempts, progress, cfg.workers).to_dict()
+        outcome = judge_all(items, cfg.task, backend, cache, cfg.attempts, progress, cfg.workers, protocol=protocol,
+                            scoring=scoring, row_timeout=cfg.row_timeout,
+                            stop_after_failures=cfg.stop_after_failures).to_dict()
         _write_verdicts(out.with_name(out.stem + ".verdicts.jsonl"), outcome.pop("items"))
         results["judge"] = outcome
+        results["deviations"] = deviations(cfg, results["protocol"], outcome["judge"])
+    results["comparable_with_paper"] = comparability(results, PAPER_JUDGE)
     write_json(Path(cfg.output), results)
     return results
 
 
-def _backend(cfg: JudgeConfig):
+def _protocol(cfg: JudgeConfig):
+    if cfg.protocol == "redvillm":
+        return RedvillmProtocol()
+    protocol = VideoChatGPTProtocol(cfg.official_scripts)
+    protocol.script(cfg.task)  # a missing or unexpected script stops here, before any request
+    return protocol
+
+
+def _backend(cfg: JudgeConfig, protocol):
     if cfg.judge_url:
-        return OpenAICompatibleJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env, retries=cfg.retries)
+        parameters = None  # redvillm: temperature 0 and a token cap
+        if protocol.name == "videochatgpt":  # exactly the script's keywords besides model and messages
+            parameters = {k: v for k, v in protocol.script(cfg.task).request.items() if k != "model"}
+        return OpenAICompatibleJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env,
+                                     retries=cfg.retries, timeout=cfg.timeout, parameters=parameters)
     if cfg.judge_local:
         return TransformersJudge(cfg.judge_local)
     return None
 
 
-def _item(record: dict) -> dict:
-    return {"question_id": record["question_id"], "question": record["question"], "answer": record.get("answer"),
-            "pred": record.get("pred"), "type": record.get("qtype")}
+def _dry_run(cfg: JudgeConfig, protocol, items: list[dict]) -> dict:
+    """The request bodies of the first rows, as they would be sent; nothing is sent.
+
+    Without --judge-url, redvillm's protocol shows model and messages only (its parameters
+    belong to the HTTP client); the videochatgpt protocol shows the script's own keywords.
+    """
+    backend = _backend(cfg, protocol) if cfg.judge_url else None
+    official = protocol.script(cfg.task).request if protocol.name == "videochatgpt" else {}
+    model = cfg.judge_model or official.get("model")  # without --judge-model: the script's own
+    parameters = backend.parameters if backend is not None else {k: v for k, v in official.items() if k != "model"}
+    out = Path(cfg.output)
+    target = out.with_name(out.stem + ".requests.jsonl")
+    bodies = []
+    for index, item in enumerate(items):
+        fields = item_fields(item, cfg.task, index)
+        if fields is None:
+            continue
+        bodies.append({"question_id": str(item["question_id"]),
+                       "body": {"model": model, "messages": protocol.messages(cfg.task, fields), **parameters}})
+        if len(bodies) == cfg.dry_run:
+            break
+    _write_verdicts(target, bodies)
+    return {"dry_run": str(target), "requests": len(bodies), "protocol": protocol.describe(cfg.task)}
 
 
-def _pair_consistency(records: list[dict]) -> list[dict]:
-    """The two answers of a consistency row (pair q1 / q2) become one judged item."""
-    rows: dict[str, dict] = {}
-    for record in records:
-        if record.get("pair") not in ("q1", "q2"):
-            raise UserError(f"{record['question_id']}: not a consistency question; predict with consistency_qa.json")
-        base = record["question_id"].rsplit("/", 1)[0]
-        row = rows.setdefault(base, {"question_id": base, "answer": record.get("answer")})
-        number = record["pair"][1]
-        row[f"question{number}"], row[f"pred{number}"] = record["question"], record.get("pred")
-    return list(rows.values())
+def deviations(cfg: JudgeConfig, protocol: dict, judge: dict) -> list[str]:
+    """How this run differs from what Video-ChatGPT's scoring scripts do, one sentence each."""
+    out = []
+    if protocol["name"] == "redvillm":
+        out.append("messages: redvillm's own wording, not the scripts' (--protocol videochatgpt sends theirs)")
+        out.append(f"request parameters {judge.get('parameters')} (the scripts send none besides the model)")
+    else:
+        official = protocol["official_request"].get("model")
+        if judge.get("model") != official:
+            out.append(f"judge model {judge.get('model')!r} instead of the script's {official!r}")
+    out.append(f"each row is asked at most {cfg.attempts} times ({cfg.retries} HTTP retries each, "
+               f"{cfg.row_timeout:g} s per row), then counted judge_failed and left out of accuracy and score "
+               "(the scripts re-ask for ever)")
+    out.append("replies cached and reused on a rerun (the scripts reuse their per-row output files)")
+    out.append("rows without a prediction are counted as no_prediction and not sent")
+    if cfg.original_scoring:
+        out.append("original scoring: whole reply read with ast.literal_eval, int() truncation of scores, "
+                   "QA yes/no by substring, accuracy = yes / (yes + no)")
+    else:
+        out.append("fractional scores kept (the scripts truncate each score with int())")
+        out.append("reply read tolerantly (JSON, code fences, text around the dict); scores outside 0-5 rejected")
+        if cfg.task == "qa":
+            out.append("QA pred must be exactly yes or no (the scripts take any pred containing 'yes' as yes, "
+                       "else one containing 'no' as no)")
+    return out
 
 
 def _read_meta(path: Path) -> dict:
@@ -105,4 +189,4 @@ def _write_verdicts(path: Path, items: list[dict]) -> None:
     tmp.replace(path)
 
 
-__all__ = ["JudgeConfig", "run_judge", "asdict"]
+__all__ = ["JudgeConfig", "run_judge", "deviations"]

@@ -173,11 +173,11 @@ def _read_qa(path: Path, rows, locate, answers_path, task) -> tuple[list[Questio
 
 def _qa_row(obj: dict, row: int, task: str, with_answers: bool, joining: bool) -> list[Question]:
     video = _video_name(obj)
-    question = _text(obj, QUESTION_KEYS, "question", numbers=False)
+    question = _text(obj, QUESTION_KEYS, "question", numbers=False, raw=True)
     if not with_answers and _present(obj, ANSWER_KEYS):
         raise _RowError(f'has "{_present(obj, ANSWER_KEYS)}" but the first row has no answer; either every '
                         "row carries its answer or none does (then they come from an answers file)")
-    answer = _text(obj, ANSWER_KEYS, "answer") if with_answers else None
+    answer = _text(obj, ANSWER_KEYS, "answer", raw=True) if with_answers else None
     qid = _text(obj, QID_KEYS, "question id (the key to the answers file)" if joining else "question id",
                 required=joining)
     qtype = _text(obj, TYPE_KEYS, "question type", required=False)
@@ -187,9 +187,9 @@ def _qa_row(obj: dict, row: int, task: str, with_answers: bool, joining: bool) -
 
 def _consistency_row(obj: dict, row: int) -> list[Question]:
     video = _video_name(obj)
-    answer = _text(obj, ANSWER_KEYS, "answer")
+    answer = _text(obj, ANSWER_KEYS, "answer", raw=True)
     qid = _text(obj, QID_KEYS, "question id", required=False) or f"{video}#{row}"
-    return [Question(f"{qid}/{pair}", video, _text(obj, keys, f"question {pair[1]}", numbers=False), answer,
+    return [Question(f"{qid}/{pair}", video, _text(obj, keys, f"question {pair[1]}", numbers=False, raw=True), answer,
                      "consistency", None, pair, row) for pair, keys in PAIR_KEYS.items()]
 
 
@@ -236,7 +236,7 @@ def _read_answers(path: Path) -> tuple[dict[str, tuple[str, str | None, int]], L
             if not isinstance(obj, dict):
                 raise _RowError(f"expected an object, got {kind_of(obj)}; answer rows are {{answer, type, question_id}}")
             qid = _text(obj, QID_KEYS, "question id")
-            answer = _text(obj, ANSWER_KEYS, "answer")
+            answer = _text(obj, ANSWER_KEYS, "answer", raw=True)
             qtype = _activitynet_type(obj)
         except _RowError as err:
             raise UserError(one_line(f"{path}: {locate(row)}: {err}")) from None
@@ -267,8 +267,9 @@ def _present(obj: dict, keys) -> str | None:
     return next((k for k in keys if k in obj), None)
 
 
-def _text(obj: dict, keys, what: str, required: bool = True, numbers: bool = True) -> str | None:
-    """The first present of `keys` as stripped non-empty text (numbers become text if allowed)."""
+def _text(obj: dict, keys, what: str, required: bool = True, numbers: bool = True, raw: bool = False) -> str | None:
+    """The first present of `keys` as non-empty text (numbers become text if allowed), stripped
+    unless `raw`: questions and answers keep their text as written, since the judge must see it."""
     key = _present(obj, keys)
     if key is None:
         if not required:
@@ -282,7 +283,7 @@ def _text(obj: dict, keys, what: str, required: bool = True, numbers: bool = Tru
         raise _RowError(f'"{key}" ({what}) must be {"text or a number" if numbers else "text"}, got {kind_of(value)}')
     if not value.strip():
         raise _RowError(f'empty "{key}" ({what})')
-    return value.strip()
+    return value if raw else value.strip()
 
 
 def _video_name(obj: dict) -> str:

@@ -1,4 +1,11 @@
-"""The paper's reference numbers (shared/FORMATS.md) and our results side by side."""
+"""The paper's reference numbers and our results: side by side only when they are comparable.
+
+The published numbers were judged by gpt-3.5-turbo with the messages of Video-ChatGPT's own
+scripts. A judge is an LLM: other messages or another model give other verdicts, so our row
+sits beside the paper's only under ``--protocol videochatgpt`` with a gpt-3.5-turbo judge;
+otherwise the paper's rows are printed apart, under a heading that says why they are not
+comparable.
+"""
 
 from __future__ import annotations
 
@@ -27,12 +34,32 @@ def dataset_from_name(name: str) -> str | None:
     return None
 
 
+def comparability(results: dict, paper_judge: str = "gpt-3.5-turbo") -> dict:
+    """{"comparable": bool, "why": str}: can our judge numbers sit beside the paper's?"""
+    judge = results.get("judge")
+    if not judge:
+        return {"comparable": False, "why": "no LLM judge was run (only no-judge metrics)"}
+    protocol, model = (results.get("protocol") or {}).get("name"), (judge.get("judge") or {}).get("model", "")
+    reasons = []
+    if protocol != "videochatgpt":
+        reasons.append(f"judged with the {protocol} protocol, not Video-ChatGPT's messages (--protocol videochatgpt)")
+    if not str(model).startswith(paper_judge):
+        reasons.append(f"judge model {model!r}, not {paper_judge}")
+    if reasons:
+        return {"comparable": False, "why": "; ".join(reasons)}
+    why = f"Video-ChatGPT's messages and a {model} judge"
+    if results.get("scoring") != "original":
+        why += "; scores kept fractional (--original-scoring truncates them with int() as the scripts did)"
+    return {"comparable": True, "why": why}
+
+
 def results_table(results: dict) -> Table:
-    """Our row (judge accuracy/score, no-judge metrics) above the paper's rows for the same column."""
+    """Our row (judge accuracy/score, no-judge metrics), and the paper's rows if comparable."""
     task, dataset = results["task"], results.get("dataset")
     judge = results.get("judge") or {}
     metrics = results["metrics"]
-    title = f"{DATASETS.get(dataset, dataset or 'predictions')} - criterion {task}"
+    protocol = (results.get("protocol") or {}).get("name", "redvillm")
+    title = f"{DATASETS.get(dataset, dataset or 'predictions')} - criterion {task} - {protocol} protocol"
     table = Table(title=title)
     table.add_column("model")
     if task == "qa":
@@ -47,12 +74,38 @@ def results_table(results: dict) -> Table:
     judged = [str(counts.get("judged", "-")), str(counts.get("judge_failed", "-"))]
     ours = [_pct(judge.get("accuracy")), _num(judge.get("mean_score"))] if task == "qa" else [_num(judge.get("mean_score"))]
     table.add_row("ours", *ours, *no_judge, *judged)
+    verdict = results.get("comparable_with_paper") or comparability(results)
+    table.caption = ("the paper's rows are comparable: " if verdict["comparable"] else
+                     "not comparable with the paper's numbers: ") + verdict["why"]
+    if verdict["comparable"]:
+        for model, cells in paper_rows(task, dataset):
+            table.add_row(f"[dim]{model} (paper)", *cells, *["" for _ in range(5)])
+    return table
+
+
+def paper_rows(task: str, dataset: str | None) -> list[tuple[str, list[str]]]:
+    """The paper's cells for this criterion (or QA set): [(model, cells)]."""
+    rows = []
     for model, numbers in REFERENCE.items():
         key = dataset if task == "qa" else task
         if key in numbers:
             value = numbers[key]
-            cells = [f"{value[0]:.1f}", f"{value[1]:.1f}"] if task == "qa" else [f"{value:.2f}"]
-            table.add_row(f"[dim]{model} (paper)", *cells, *["" for _ in range(5)])
+            rows.append((model, [f"{value[0]:.1f}", f"{value[1]:.1f}"] if task == "qa" else [f"{value:.2f}"]))
+    return rows
+
+
+def paper_table(results: dict) -> Table | None:
+    """The paper's rows alone, under a heading saying why ours are not comparable; None if they are."""
+    verdict = results.get("comparable_with_paper") or comparability(results)
+    rows = paper_rows(results["task"], results.get("dataset"))
+    if verdict["comparable"] or not rows:
+        return None
+    table = Table(title=f"Published numbers - NOT comparable with ours: {verdict['why']}")
+    table.add_column("model (paper)")
+    for name in (["accuracy %", "score"] if results["task"] == "qa" else [f"{results['task'].upper()} score"]):
+        table.add_column(name, justify="right")
+    for model, cells in rows:
+        table.add_row(model, *cells)
     return table
 
 

@@ -67,13 +67,15 @@ def test_torchrun_parts_merge_by_question_id(trained_run, small_cache, questions
 
 
 class ScriptedJudge(BaseHTTPRequestHandler):
-    """Says yes with score 4 when the prediction is non-empty; garbage for question q3."""
+    """Says yes with score 4.5, except garbage for the Chinese question (row "zh")."""
+
+    seen: list = []
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["messages"][-1]["content"]
-        reply = "no idea" if "order_0001" in text or "Which way does the square move, left or right?\n" in text \
-            else '{"pred": "yes", "score": 4.5}'
+        type(self).seen.append(text)
+        reply = "no idea" if "哪个颜色先出现？" in text else '{"pred": "yes", "score": 4.5}'
         payload = json.dumps({"model": body["model"], "choices": [{"message": {"content": reply}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -86,6 +88,7 @@ class ScriptedJudge(BaseHTTPRequestHandler):
 
 
 def test_judge_writes_results_with_metrics_and_judge_outcome(trained_run, small_cache, questions, tmp_path):
+    ScriptedJudge.seen = []
     out = tmp_path / "msvd_preds.jsonl"
     predict(trained_run, small_cache, questions, out)
     server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedJudge)
@@ -101,11 +104,13 @@ def test_judge_writes_results_with_metrics_and_judge_outcome(trained_run, small_
     assert results["metrics"]["count"] == 9 and results["metrics"]["contains"] is not None
     judge = results["judge"]
     assert judge["judge"]["model"] == "scripted-judge-1" and judge["counts"]["total"] == 9
-    assert judge["counts"]["judged"] + judge["counts"]["judge_failed"] == 9
+    assert (judge["counts"]["judged"], judge["counts"]["judge_failed"]) == (8, 1)  # "zh" got garbage 3 times
+    assert sum("哪个颜色先出现？" in t for t in ScriptedJudge.seen) == 3
     assert judge["mean_score"] == pytest.approx(4.5) and judge["accuracy"] == pytest.approx(1.0)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["judge"]["counts"] == judge["counts"]
-    assert len((tmp_path / "results.verdicts.jsonl").read_text().splitlines()) == 9
+    verdicts = [json.loads(x) for x in (tmp_path / "results.verdicts.jsonl").read_text().splitlines()]
+    assert len(verdicts) == 9 and [v["question_id"] for v in verdicts if v["status"] == "judge_failed"] == ["zh"]
 
 
 def test_judge_without_a_judge_still_gives_numbers(trained_run, small_cache, questions, tmp_path):
