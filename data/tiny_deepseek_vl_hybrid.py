@@ -16,7 +16,7 @@ DeepseekVLHybridForConditionalGeneration.from_pretrained) without a download:
   (bicubic) and padded with the CLIP mean colour; the low-resolution image resized from that
   padded image (bilinear) and normalised with mean = std = 0.5; the high one with CLIP's numbers.
 
-Written to OUT_DIR (about 1 MB): config.json, generation_config.json, model.safetensors,
+Written to OUT_DIR (about 2 MB): config.json, generation_config.json, model.safetensors,
 tokenizer files, processor_config.json, preprocessor_config.json ("DeepseekVLHybridImageProcessor";
 loads as the PIL backend without torchvision), chat_template.jinja, and tiny_deepseek_vl_hybrid.json
 (the TinyDeepseekVLHybridConfig it was built from). Building twice gives byte-identical files.

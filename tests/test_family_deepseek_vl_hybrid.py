@@ -173,3 +173,17 @@ def test_a_hybrid_cache_is_refused_for_deepseek_vl_1_3b(hybrid_cache, qa_file, t
     lines = [line for line in result.stderr.splitlines() if line.strip()]  # the progress display leaves a blank one
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert "deepseek_vl_hybrid" in lines[0] and "re-extract" in lines[0]
+
+
+def test_frames_reach_the_encoder_exactly_in_bfloat16(tiny_hybrid):
+    """Levels 0..255 are exact in bfloat16, so a GPU run sees the same pixels as a float32 one."""
+    family = load_family(str(tiny_hybrid))
+    spec = family.frame_preprocess()
+    frames = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (1, 200, 300, 3), dtype=np.uint8))
+    geometry = resize_and_crop(frames, spec)
+
+    def pixels(dtype):
+        return family.load_frame_encoder(torch.device("cpu"), dtype).pixel_values(normalize(geometry, spec, dtype))
+
+    for ours, reference in zip(pixels(torch.bfloat16), pixels(torch.float32)):  # (low, high)
+        assert ours.dtype == torch.bfloat16 and torch.equal(ours, reference.to(torch.bfloat16))

@@ -13,11 +13,11 @@ concatenated to K, GELU, Linear K -> K.
 What the cache holds, and why pooling it is the paper's method: the aligner's two inputs,
 concatenated per token into one (T, N, D_low + D_high) array (N = 576, D = 2048 for the 7B;
 provenance "feature_split" records where SigLIP ends). The paper pools the frozen encoder's
-frame tokens - what the projector takes - and sends the means through the projector. Here
-the projector's first step is linear in each stream and the two streams share one token grid,
-so a token of this array is exactly one aligner input; a mean over T (or N) of it is the
-pair of the two streams' means on the same tokens. g_z is the aligner fed that split pair,
-and g_t its copy.
+frame tokens - what the projector takes - and sends the means through the projector. Both
+streams sit on one token grid and the aligner takes them per token, so one token of this array
+is exactly one aligner input; its mean over T (or N) is the pair of the two streams' means on
+the same positions. g_z is the aligner fed that array split back into its two inputs; g_t is
+its copy.
 
 Frames: the processor resizes the longest side to the high size (bicubic), pads it to square
 with int(high mean * 255), and derives the low-resolution image by resizing that padded uint8
