@@ -3,13 +3,14 @@ DeepseekVLHybridForConditionalGeneration, both resolutions of its image processo
 extract -> train -> predict / ask through the CLIs."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, DeepseekVLHybridForConditionalGeneration
 
 from redvillm import open_cache
@@ -21,6 +22,7 @@ from redvillm.errors import UserError
 from redvillm.evaluate.cli import main as eval_main
 from redvillm.evaluate.predict import read_predictions
 from redvillm.extract.cli import main as extract_main
+from redvillm.families import deepseek_vl_hybrid as adapter
 from redvillm.families.registry import load_family
 from redvillm.frames import normalize, resize_and_crop
 from redvillm.model_io import build_video_llm
@@ -187,3 +189,19 @@ def test_frames_reach_the_encoder_exactly_in_bfloat16(tiny_hybrid):
 
     for ours, reference in zip(pixels(torch.bfloat16), pixels(torch.float32)):  # (low, high)
         assert ours.dtype == torch.bfloat16 and torch.equal(ours, reference.to(torch.bfloat16))
+
+
+def test_towers_load_alone_from_a_transformers_4_layout(tiny_hybrid, tmp_path, monkeypatch):
+    """Checkpoints converted with transformers 4 nest SigLIP under "vision_model." twice; stage one still
+    reads only the towers' tensors (never the whole model) and gets the same features."""
+    old = tmp_path / "old-layout"
+    shutil.copytree(tiny_hybrid, old)
+    state = load_file(old / "model.safetensors")
+    prefix = "model.vision_model."
+    save_file({k.replace(prefix, prefix + "vision_model.", 1) if k.startswith(prefix) else k: v for k, v in state.items()},
+              old / "model.safetensors", metadata={"format": "pt"})
+    frames = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (1, 3, 256, 256))).float()
+    expected = load_family(str(tiny_hybrid)).load_frame_encoder(torch.device("cpu"), torch.float32)(frames)
+    monkeypatch.setattr(adapter.DeepseekVLHybridForConditionalGeneration, "from_pretrained", None)  # no full load
+    encoder = load_family(str(old)).load_frame_encoder(torch.device("cpu"), torch.float32)
+    assert torch.equal(encoder(frames), expected)

@@ -47,7 +47,7 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
 
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
-from redvillm.families.common import freeze, load_submodule_state
+from redvillm.families.common import freeze, load_submodule_state, strip_prefix
 from redvillm.frames import FramePreprocess, normalize, resize_and_crop
 
 log = logging.getLogger(__name__)
@@ -182,13 +182,15 @@ class DeepseekVLHybridFamily:
     def _load_towers(self) -> HybridTowers:
         towers = HybridTowers(self.config)
         low = load_submodule_state(self.model, ("model.vision_model.", "vision_model."), self.revision)
-        state = {f"vision_model.{k}": v for k, v in low.items() if not k.startswith("head.")}
         # One read for SAM, its second neck, the projection and alpha: "model.", "neck.", "proj.", "alpha".
         high = load_submodule_state(self.model, ("model.high_res_vision_", "high_res_vision_"), self.revision)
-        state.update({f"high_res_vision_{k}": v for k, v in high.items()})
-        missing, unexpected = towers.load_state_dict(state, strict=False)
-        if not missing and not unexpected:
-            return towers
+        high = {f"high_res_vision_{k}": v for k, v in high.items()}
+        # transformers 4 checkpoints nest SigLIP's weights under "vision_model." once more.
+        for siglip in (low, strip_prefix(low, "vision_model.")):
+            state = {f"vision_model.{k}": v for k, v in siglip.items() if not k.startswith("head.")}
+            missing, unexpected = towers.load_state_dict({**state, **high}, strict=False)
+            if low and high and not missing and not unexpected:
+                return towers
         log.info("vision tower keys differ from the checkpoint's (%d missing, %d unexpected); "
                  "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
         full = DeepseekVLHybridForConditionalGeneration.from_pretrained(self.model, revision=self.revision).model
