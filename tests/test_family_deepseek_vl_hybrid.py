@@ -205,3 +205,16 @@ def test_towers_load_alone_from_a_transformers_4_layout(tiny_hybrid, tmp_path, m
     monkeypatch.setattr(adapter.DeepseekVLHybridForConditionalGeneration, "from_pretrained", None)  # no full load
     encoder = load_family(str(old)).load_frame_encoder(torch.device("cpu"), torch.float32)
     assert torch.equal(encoder(frames), expected)
+
+
+@pytest.mark.parametrize("change", [{"do_pad": False}, {"high_res_size": {"height": 256, "width": 192}}])
+def test_a_processor_without_a_fixed_frame_size_is_refused(tiny_hybrid, tmp_path, change):
+    model = tmp_path / "changed"
+    shutil.copytree(tiny_hybrid, model)
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        config = json.loads((model / name).read_text())
+        (config["image_processor"] if "image_processor" in config else config).update(change)
+        (model / name).write_text(json.dumps(config))
+    with pytest.raises(UserError) as err:
+        load_family(str(model))
+    assert "\n" not in str(err.value) and str(model) in str(err.value) and next(iter(change)) in str(err.value)

@@ -91,7 +91,6 @@ class DeepseekVLHybridFrameEncoder(nn.Module):
         with torch.inference_mode():
             probe = self.forward(torch.zeros(1, 3, *size, dtype=towers.high_res_vision_alpha.dtype))
         self.num_patches, self.hidden_size = probe.shape[1], probe.shape[2]
-        self.low_hidden_size = towers.vision_model.config.hidden_size
 
     def pixel_values(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Levels (B, 3, H, W) -> (low-res, high-res) pixel values, as the image processor makes them."""
