@@ -43,6 +43,9 @@ class FramePreprocess:
     longest_edge: int | None = None  # ... or resize so the long side has this length (aspect kept)
     min_edge: int = 1  # with longest_edge: no side shorter than this after the resize
     pad_resized_to_square: bool = False  # pad after the resize (DeepSeek-VL), not before (LLaVA)
+    # The padding colour as uint8 levels; None pads with int(mean * 255), as every processor does.
+    # Only needed where `mean` is not the colour's source (frames handed on unnormalised).
+    pad_fill: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         modes = [self.shortest_edge, self.resize_hw, self.longest_edge]
@@ -72,6 +75,11 @@ class FramePreprocess:
             mean=mean if processor.do_normalize else (0.0, 0.0, 0.0),
             std=std if processor.do_normalize else (1.0, 1.0, 1.0),
         )
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The colour padding adds, as uint8 levels."""
+        return self.pad_fill if self.pad_fill is not None else tuple(int(m * 255) for m in self.mean)
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         """Height and width of a frame of size (height, width) after preprocessing."""
@@ -115,7 +123,7 @@ def resize_and_crop(frames: torch.Tensor, spec: FramePreprocess) -> torch.Tensor
     """(F, H, W, 3) uint8 RGB -> (F, 3, h, w) uint8, the backbone's geometry applied."""
     x = frames.permute(0, 3, 1, 2)  # (F, 3, H, W)
     if spec.pad_to_square:
-        x = _pad_to_square(x, spec.mean)
+        x = _pad_to_square(x, spec.fill)
     height, width = x.shape[-2:]
     new_hw = spec._resized_hw(height, width)
     if new_hw != (height, width):
@@ -126,7 +134,7 @@ def resize_and_crop(frames: torch.Tensor, spec: FramePreprocess) -> torch.Tensor
         x = _resample(x, first, spec.resample)
         x = _resample(x, new_hw, spec.resample)
     if spec.pad_resized_to_square:
-        x = _pad_to_square(x, spec.mean)
+        x = _pad_to_square(x, spec.fill)
     if spec.crop_hw is not None:
         x = _center_crop(x, spec.crop_hw)
     return x.contiguous()
@@ -171,13 +179,13 @@ def _resample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _pad_to_square(x: torch.Tensor, mean: tuple[float, float, float]) -> torch.Tensor:
+def _pad_to_square(x: torch.Tensor, fill: tuple[int, int, int]) -> torch.Tensor:
     height, width = x.shape[-2:]
     if height == width:
         return x
     side = max(height, width)
-    fill = torch.tensor([int(m * 255) for m in mean], dtype=x.dtype).view(1, 3, 1, 1)
-    out = fill.expand(x.shape[0], 3, side, side).clone()
+    colour = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    out = colour.expand(x.shape[0], 3, side, side).clone()
     top, left = (side - height) // 2, (side - width) // 2
     out[..., top : top + height, left : left + width] = x
     return out

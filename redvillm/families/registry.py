@@ -15,6 +15,7 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "qwen2_vl": ("redvillm.families.qwen2_vl", "Qwen2VLFamily", "Qwen2-VL (Qwen2VLForConditionalGeneration)"),
     "qwen2_5_vl": ("redvillm.families.qwen2_vl", "Qwen2VLFamily", "Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration)"),
     "deepseek_vl": ("redvillm.families.deepseek_vl", "DeepseekVLFamily", "DeepSeek-VL (DeepseekVLForConditionalGeneration)"),
+    "deepseek_vl_hybrid": ("redvillm.families.deepseek_vl_hybrid", "DeepseekVLHybridFamily", "DeepSeek-VL 7B (DeepseekVLHybridForConditionalGeneration)"),
     "internvl": ("redvillm.families.internvl", "InternVLFamily", "InternVL3 (InternVLForConditionalGeneration)"),
 }
 
