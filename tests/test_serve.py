@@ -166,6 +166,7 @@ def test_bad_requests_get_openai_error_bodies(server, synthetic_videos, tmp_path
          "messages[0].content[0].video_url.url", "video_download_failed"),
         ({"model": MODEL, "messages": message("data:video/mp4;base64," + "A" * (2 << 20), "What?")}, None, 413,
          "messages[0].content[0].video_url.url", "video_too_large"),
+        (None, b"{" + b" " * (3 << 20) + b"}", 413, None, "request_too_large"),
         ({"model": MODEL, "messages": message("data:video/mp4;base64,@@@", "What?")}, None, 400,
          "messages[0].content[0].video_url.url", None),
     ]

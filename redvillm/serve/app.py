@@ -31,6 +31,7 @@ def build_app(answerer, cfg: ServeConfig) -> Starlette:
     """The server for one loaded VideoAnswerer; the batching thread runs while the app does."""
     batcher = Batcher(answerer, cfg.max_batch, cfg.batch_wait_ms, cfg.max_pending)
     fetcher = VideoFetcher(cfg.max_video_bytes, cfg.download_timeout, cfg.local_files, cfg.remote_urls)
+    body_limit = cfg.max_video_bytes * 4 // 3 + (1 << 20)  # a base64 video at the cap, and the rest
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -43,7 +44,7 @@ def build_app(answerer, cfg: ServeConfig) -> Starlette:
 
     async def chat(request: Request):
         try:
-            parsed = parse_chat(parse_json(await request.body()), cfg.model_id, cfg.default_max_tokens,
+            parsed = parse_chat(parse_json(await _body(request, body_limit)), cfg.model_id, cfg.default_max_tokens,
                                 cfg.max_tokens)
             video = await run_in_threadpool(fetcher.fetch, parsed.video_url, parsed.video_param)
         except ApiError as err:
@@ -83,10 +84,25 @@ def build_app(answerer, cfg: ServeConfig) -> Starlette:
     routes = [Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models),
               Route("/v1/models/{name:path}", model), Route("/health", health)]
     handlers = {HTTPException: _http_error, Exception: _server_error}
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers,
-                    max_body_size=cfg.max_video_bytes * 4 // 3 + (1 << 20))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.batcher = batcher
     return app
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body; past `limit` bytes a 413, after reading on (up to a bound) so that the
+    client, still sending, gets to read the error instead of a broken connection."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > 8 * limit:
+            break
+    if size > limit:
+        raise ApiError(413, f"the request body is larger than this server accepts ({limit} bytes; "
+                            "redvillm-serve --max-video-mb)", code="request_too_large")
+    return b"".join(chunks)
 
 
 async def _stream(job: Job, cfg: ServeConfig) -> AsyncIterator[str]:
