@@ -131,3 +131,27 @@ def test_streaming_holds_back_what_may_still_become_a_stop_string(answerer):
     assert "".join(pieces) == "red box"  # " moves" could still grow into "moves!"
     rows.flush(["red box moves"])
     assert "".join(pieces) == "red box moves"
+
+
+def test_rows_stop_and_stream_where_generate_returns_the_prompt_too(tmp_path):
+    """Qwen2-VL generates from input_ids (its 3-D rope needs them): the prompt comes back with
+    the answer, so per-row limits and stops must count from where the answer starts."""
+    from redvillm.data.tiny_qwen2_vl import TinyQwen2VLConfig, build_tiny_qwen2_vl
+    from redvillm.generation import generate_rows
+    from redvillm.model_io import build_video_llm
+
+    qwen = build_tiny_qwen2_vl(tmp_path / "qwen", TinyQwen2VLConfig(variant="qwen2_vl"))
+    llm = build_video_llm(str(qwen), "both", "copy", torch.device("cpu"), torch.float32)
+    width = 4 * llm.backbone.config.vision_config.embed_dim
+    generator = torch.Generator().manual_seed(0)
+    prompts = [(q, torch.randn(t, width, generator=generator), torch.randn(64, width, generator=generator))
+               for q, t in (("What happens?", 3), ("方块往哪个方向移动？", 5), ("Which colour?", 4))]
+    full = [generate_rows(llm, [p], TOKENS, {})[0].text for p in prompts]
+    stop = full[1][len(full[1]) // 2:][:1]
+    limits, stops = [3, TOKENS, TOKENS], [[], [stop], []]
+    alone = [generate_rows(llm, [p], n, {}, [s])[0] for p, n, s in zip(prompts, limits, stops)]
+    pieces = {}
+    together = generate_rows(llm, prompts, limits, {}, stops, lambda i, t: pieces.setdefault(i, []).append(t))
+    assert together == alone and alone[0].completion_tokens == 3
+    assert alone[1].text == full[1][: full[1].find(stop)].rstrip() and alone[2].text == full[2]
+    assert ["".join(pieces.get(i, [])) for i in range(3)] == [a.text for a in together]
