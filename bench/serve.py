@@ -8,8 +8,8 @@ tiny LLaVA replica trained for one step on synthetic videos, through the officia
     sequential   one client sends the requests one after another (every generate has batch 1)
     concurrent   N clients send the same requests at once (the server batches them)
 
-Each request is a video file path + a question, so a request pays for decoding, encoding and
-generation. Greedy decoding: both modes produce the same answers, hence the same tokens.
+Each request is a video file path + a question, and the server forgets decoded videos
+(remember_videos=0), so every request pays for decoding, encoding and generation. Greedy decoding: both modes produce the same answers, hence the same tokens.
 Printed: median latency and requests/s per mode, the concurrent/sequential throughput ratio,
 and the batch sizes the server actually ran; rounds alternate the two modes.
 """
@@ -81,7 +81,7 @@ def measure(run_dir: Path, videos: list[Path], args) -> dict:
 
     cfg = ServeConfig(str(run_dir), model_name="bench", max_batch=args.clients, batch_wait_ms=args.batch_wait_ms,
                       default_max_tokens=args.new_tokens, decode_workers=2)
-    answerer = VideoAnswerer.load(run_dir, device="cpu", decode_workers=2)
+    answerer = VideoAnswerer.load(run_dir, device="cpu", decode_workers=2, remember_videos=0)  # decode every time
     app = build_app(answerer, cfg)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,17 +38,22 @@ class VideoAnswerer:
     """Answers (video, question) pairs with one trained run. Safe to share between threads:
     calls take turns. ``close()`` (or ``with``) stops the decoder processes."""
 
-    def __init__(self, model, family, decode_workers: int = 1, decode_timeout: float = 120.0):
+    def __init__(self, model, family, decode_workers: int = 1, decode_timeout: float = 120.0,
+                 remember_videos: int = 32):
         self.model, self.family = model, family
         self.decode_workers, self.decode_timeout = decode_workers, decode_timeout
+        self.remember_videos = remember_videos
+        self._recent: OrderedDict[tuple, Tokens] = OrderedDict()  # file identity -> pooled tokens
         self._encoder = None
         self._pool = None
         self._lock = threading.RLock()
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "auto",
-             decode_workers: int = 1, decode_timeout: float = 120.0) -> VideoAnswerer:
-        """Load a `redvillm-train` output directory; the frame encoder loads on the first video."""
+             decode_workers: int = 1, decode_timeout: float = 120.0, remember_videos: int = 32) -> VideoAnswerer:
+        """Load a `redvillm-train` output directory; the frame encoder loads on the first video.
+        The pooled tokens of the last `remember_videos` files are kept, so more questions about
+        the same file skip decoding (a file whose size or modification time changed is read anew)."""
         from redvillm.families.registry import family_for_cache
         from redvillm.model_io import load_model
 
@@ -58,7 +64,7 @@ class VideoAnswerer:
         torch_dtype = dtype if isinstance(dtype, torch.dtype) else distributed.resolve_dtype(dtype, torch_device)
         model = load_model(run_dir, torch_device, torch_dtype)
         family = family_for_cache(model.config.model, model.config.revision, model.config.extra.get("cache", {}))
-        return cls(model, family, decode_workers, decode_timeout)
+        return cls(model, family, decode_workers, decode_timeout, remember_videos)
 
     @property
     def name(self) -> str:
@@ -72,21 +78,30 @@ class VideoAnswerer:
             raise result
         return result
 
-    def tokens_each(self, videos: Sequence[str | os.PathLike]) -> list[Tokens | UserError]:
+    def tokens_each(self, videos: Sequence[str | os.PathLike],
+                    remember: bool | Sequence[bool] = True) -> list[Tokens | UserError]:
         """Pooled tokens per video file, or the UserError saying why that file cannot be read
-        (one bad file does not cost the others their answers). Decoding runs in parallel."""
+        (one bad file does not cost the others their answers). Decoding runs in parallel; a file
+        seen recently is not decoded again unless `remember` is False for it (e.g. a temporary file)."""
         from redvillm.extract.decode import DecodeJob
 
+        flags = [remember] * len(videos) if isinstance(remember, bool) else list(remember)
         with self._lock:
-            jobs = [DecodeJob(str(i), Path(v)) for i, v in enumerate(videos)]
-            out: list[Tokens | UserError | None] = [None] * len(jobs)
-            for result in self._decode_pool().imap(jobs):
+            keys = [_file_key(v) if keep and self.remember_videos > 0 else None for v, keep in zip(videos, flags)]
+            out: list[Tokens | UserError | None] = [self._recall(key) for key in keys]
+            first = {}  # one decode per file, however often it is asked about
+            for i, key in enumerate(keys):
+                if out[i] is None:
+                    first.setdefault(key if key is not None else ("unkeyed", i), i)
+            jobs = [DecodeJob(str(i), Path(videos[i])) for i in first.values()]
+            for result in self._decode_pool().imap(jobs) if jobs else ():
                 i = int(result.job.video_id)
                 if result.error is not None:
                     out[i] = UserError(f"{result.job.path}: cannot read this video ({result.error})")
                 else:
                     out[i] = self._encode(result.frames)
-            return out
+                    self._remember(keys[i], out[i])
+            return [out[i] if out[i] is not None else out[first[keys[i]]] for i in range(len(keys))]
 
     def answer(self, items: Sequence[tuple[Video, str]], *, max_new_tokens: int | Sequence[int] = 64,
                stop: Sequence[str] | Sequence[Sequence[str]] = (), do_sample: bool = False, temperature: float = 1.0,
@@ -146,6 +161,18 @@ class VideoAnswerer:
             out.append(tokens)
         return out
 
+    def _recall(self, key) -> Tokens | None:
+        if key is None or key not in self._recent:
+            return None
+        self._recent.move_to_end(key)
+        return self._recent[key]
+
+    def _remember(self, key, tokens: Tokens) -> None:
+        if key is not None:
+            self._recent[key] = tokens
+            while len(self._recent) > self.remember_videos:
+                self._recent.popitem(last=False)
+
     def _encode(self, frames) -> Tokens:
         from redvillm.extract.pipeline import encode_frames
 
@@ -180,6 +207,16 @@ def _check_request(items, limits: list[int], batch_size: int, do_sample: bool, t
             raise UserError(f"item {i}: expected (video, question), got {type(item).__name__}")
         if not isinstance(item[1], str) or not item[1].strip():
             raise UserError(f"item {i}: the question is empty; ask something about the video")
+
+
+def _file_key(video) -> tuple | None:
+    """What identifies a file's content cheaply: its real path, size and modification time."""
+    try:
+        path = Path(video).resolve()
+        stat = path.stat()
+    except (OSError, RuntimeError):
+        return None  # the decoder will say what is wrong with it
+    return str(path), stat.st_size, stat.st_mtime_ns
 
 
 def _as_tokens(video, i: int) -> Tokens:

@@ -155,3 +155,23 @@ def test_rows_stop_and_stream_where_generate_returns_the_prompt_too(tmp_path):
     assert together == alone and alone[0].completion_tokens == 3
     assert alone[1].text == full[1][: full[1].find(stop)].rstrip() and alone[2].text == full[2]
     assert ["".join(pieces.get(i, [])) for i in range(3)] == [a.text for a in together]
+
+
+def test_recent_files_are_not_decoded_again_unless_changed(trained_run, video_copy, monkeypatch):
+    import os
+
+    answerer = VideoAnswerer.load(trained_run, device="cpu", remember_videos=2)
+    encoded = []
+    encode = answerer._encode
+    monkeypatch.setattr(answerer, "_encode", lambda frames: encoded.append(1) or encode(frames))
+    first, second, third = (video_copy / f"order_000{i}.mp4" for i in range(3))
+    with answerer:
+        tokens = answerer.tokens(first)
+        assert answerer.tokens_each([first, first, second]) == [tokens, tokens, answerer.tokens(second)]
+        assert len(encoded) == 2  # the first file once, the second once
+        answerer.tokens_each([first], remember=False)
+        os.utime(first, ns=(1, 1))  # a changed file is read anew
+        assert torch.equal(answerer.tokens(first)[1], tokens[1]) and len(encoded) == 4
+        answerer.tokens(third)  # remember_videos=2: the second file is forgotten
+        answerer.tokens(second)
+        assert len(encoded) == 6

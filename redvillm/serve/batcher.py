@@ -105,7 +105,9 @@ class Batcher:
 
     def _answer(self, jobs: list[Job]) -> None:
         ready = []
-        for job, tokens in zip(jobs, self.answerer.tokens_each([job.video.path for job in jobs])):
+        videos = self.answerer.tokens_each([job.video.path for job in jobs],
+                                           remember=[not job.video.temporary for job in jobs])
+        for job, tokens in zip(jobs, videos):
             if isinstance(tokens, UserError):
                 message = str(tokens).replace(str(job.video.path), job.video.label, 1)
                 job.emit("error", ApiError(422, message, param=job.request.video_param, code="video_unreadable"))
