@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -119,8 +119,9 @@ class VideoAnswerer:
     def generate(self, items: Sequence[tuple[Video, str]], *, max_new_tokens: int | Sequence[int] = 64,
                  stop: Sequence[str] | Sequence[Sequence[str]] = (), do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8,
-                 on_text: OnText | None = None) -> list[Answer]:
-        """`answer` with each answer's finish reason ("stop" or "length") and token counts."""
+                 on_text: OnText | None = None, cancelled: Callable[[int], bool] | None = None) -> list[Answer]:
+        """`answer` with each answer's finish reason ("stop" or "length") and token counts;
+        `cancelled(i)` returning True ends item i's answer at its next token."""
         limits = [max_new_tokens] * len(items) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         _check_request(items, limits, batch_size, do_sample, temperature, top_p)
         try:
@@ -135,7 +136,9 @@ class VideoAnswerer:
                 end = min(start + batch_size, len(items))
                 prompts = [(items[i][1], *videos[i]) for i in range(start, end)]
                 rows = None if on_text is None else (lambda row, text, at=start: on_text(at + row, text))
-                answers += generate_rows(self.model, prompts, limits[start:end], sampling, stops[start:end], rows)
+                gone = None if cancelled is None else (lambda row, at=start: cancelled(at + row))
+                answers += generate_rows(self.model, prompts, limits[start:end], sampling, stops[start:end], rows,
+                                         gone)
             return answers
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ Shape letters: T frames, N patches, D vision width.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from redvillm.batching import VideoSample, collate
+
+log = logging.getLogger("redvillm.generation")
 
 # (question, temporal (T, D), spatial (N, D)) for one answer.
 Prompt = tuple[str, torch.Tensor, torch.Tensor]
@@ -39,18 +42,20 @@ def generate_answers(model, prompts: Sequence[Prompt], max_new_tokens: int | Seq
 
 
 def generate_rows(model, prompts: Sequence[Prompt], max_new_tokens: int | Sequence[int], sampling: dict,
-                  stop: Sequence[str] | Sequence[Sequence[str]] = (), on_text: OnText | None = None) -> list[Answer]:
+                  stop: Sequence[str] | Sequence[Sequence[str]] = (), on_text: OnText | None = None,
+                  cancelled: Callable[[int], bool] | None = None) -> list[Answer]:
     """generate_answers with each row's finish reason and token counts. `max_new_tokens`: one
-    limit or one per row; `stop`: strings for every row, or one sequence of strings per row."""
+    limit or one per row; `stop`: strings for every row, or one sequence of strings per row;
+    `cancelled(row)`: True stops that row at the next token (its asker has gone away)."""
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     stops = row_stops(stop, len(prompts))
     samples = [VideoSample(model.chat.encode(question), temporal, spatial) for question, temporal, spatial in prompts]
     pad = model.chat.tokenizer.pad_token_id if model.chat.tokenizer.pad_token_id is not None else model.chat.eos_id
     inputs = collate(samples, model.adapter.layout, model.chat.placeholder_id, pad, padding_side="left",
                      with_labels=False).to(model.device)
-    rows = _Rows(model.chat, limits, stops, on_text)
+    rows = _Rows(model.chat, limits, stops, on_text, cancelled)
     extra = {"streamer": rows}
-    if any(stops) or len(set(limits)) > 1:
+    if any(stops) or len(set(limits)) > 1 or cancelled is not None:
         extra["stopping_criteria"] = StoppingCriteriaList([_RowsDone(rows)])
     texts = model.generate(inputs, max_new_tokens=max(limits), **sampling, **extra)
     texts = [cut_at_stop(text, row_stop) for text, row_stop in zip(texts, stops)]
@@ -88,8 +93,10 @@ class _Rows(BaseStreamer):
     held back until later tokens settle them.
     """
 
-    def __init__(self, chat, limits: list[int], stops: list[tuple[str, ...]], on_text: OnText | None):
+    def __init__(self, chat, limits: list[int], stops: list[tuple[str, ...]], on_text: OnText | None,
+                 cancelled: Callable[[int], bool] | None = None):
         self.chat, self.limits, self.stops, self.on_text = chat, limits, stops, on_text
+        self.cancelled = cancelled or (lambda row: False)
         self.ids: list[list[int]] = [[] for _ in limits]
         self.reasons: list[str | None] = [None] * len(limits)
         self.sent = [""] * len(limits)
@@ -111,7 +118,7 @@ class _Rows(BaseStreamer):
                 continue
             ids = self.ids[row]
             ids.append(token)
-            if token == self.chat.eos_id or self.stopped(row, ids):
+            if token == self.chat.eos_id or self.stopped(row, ids) or self.cancelled(row):
                 self.reasons[row] = "stop"
             elif len(ids) >= self.limits[row]:
                 self.reasons[row] = "length"
@@ -147,6 +154,8 @@ class _Rows(BaseStreamer):
     def flush(self, answers: list[str]) -> None:
         """The rest of each final answer (what was held back until the end)."""
         for row, answer in enumerate(answers):
+            if not answer.startswith(self.sent[row]):  # the tokenizer re-spelled earlier text
+                log.warning("row %d: streamed %r, but the answer reads %r", row, self.sent[row], answer)
             self._send(row, answer)
 
 
@@ -161,5 +170,6 @@ class _RowsDone(StoppingCriteria):
         if self.prompt_length is None:  # first call: exactly one token has been generated
             self.prompt_length = input_ids.shape[1] - 1
         new = input_ids[:, self.prompt_length:].tolist()
-        done = [len(ids) >= self.rows.limits[row] or self.rows.stopped(row, ids) for row, ids in enumerate(new)]
+        done = [len(ids) >= self.rows.limits[row] or self.rows.cancelled(row) or self.rows.stopped(row, ids)
+                for row, ids in enumerate(new)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

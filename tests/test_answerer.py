@@ -175,3 +175,12 @@ def test_recent_files_are_not_decoded_again_unless_changed(trained_run, video_co
         answerer.tokens(third)  # remember_videos=2: the second file is forgotten
         answerer.tokens(second)
         assert len(encoded) == 6
+
+
+def test_a_cancelled_row_stops_and_leaves_the_others_alone(answerer, small_cache, questions, predicted):
+    items = [(cached(answerer, small_cache, v), q) for v, q in questions[:3]]
+    gone = {1}
+    got = answerer.generate(items, max_new_tokens=TOKENS, batch_size=3, cancelled=lambda i: i in gone)
+    assert [got[0].text, got[2].text] == [predicted[0], predicted[2]]
+    assert got[1].completion_tokens == 1 and got[1].finish_reason == "stop"
+    assert got[1].text == answerer.answer([items[1]], max_new_tokens=1)[0] != predicted[1]

@@ -122,6 +122,7 @@ class Batcher:
             [(tokens, r.question) for (_, tokens), r in zip(ready, requests)],
             max_new_tokens=[r.max_tokens for r in requests], stop=[r.stop for r in requests],
             do_sample=requests[0].do_sample, temperature=requests[0].temperature, top_p=requests[0].top_p,
-            batch_size=len(ready), on_text=lambda i, text: ready[i][0].emit("text", text))
+            batch_size=len(ready), on_text=lambda i, text: ready[i][0].emit("text", text),
+            cancelled=lambda i: ready[i][0].cancelled)
         for (job, _), answer in zip(ready, answers):
             job.emit("done", answer)
