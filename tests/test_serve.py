@@ -238,3 +238,28 @@ def test_the_console_script_serves_and_names_the_missing_extra(trained_run, synt
         process.terminate()
         output = process.communicate(timeout=60)[0]
     assert f"serving {MODEL}" in output and "127.0.0.1" in output
+
+
+def test_a_stream_whose_client_leaves_stops_generating(server, answerer, synthetic_videos, monkeypatch):
+    import http.client
+
+    video = str(synthetic_videos / "direction_0000.mp4")
+    assert answerer.generate([(video, "What?")], max_new_tokens=64)[0].completion_tokens == 64  # would run on
+    finished = []
+    generate, forward = answerer.generate, answerer.model.backbone.forward
+    monkeypatch.setattr(answerer, "generate", lambda *a, **kw: finished.extend(generate(*a, **kw)) or finished)
+    monkeypatch.setattr(answerer.model.backbone, "forward", lambda *a, **kw: time.sleep(0.05) or forward(*a, **kw))
+    host, port = server[0].split("//")[1].split("/")[0].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = {"model": MODEL, "messages": message(video, "What?"), "max_tokens": 64, "stream": True}
+    connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    while not response.readline().startswith(b"data: "):  # the first chunk has come
+        pass
+    connection.sock.close()  # the client goes away mid-answer
+    connection.close()
+    for _ in range(300):
+        if finished:
+            break
+        time.sleep(0.1)
+    assert finished and finished[0].completion_tokens < 32
