@@ -15,6 +15,7 @@ This module imports lmms-eval, so only lmms-eval imports it.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 MODEL_NAME = "redvillm"
 DEFAULT_MAX_NEW_TOKENS = 64  # as `redvillm-eval predict`; tasks normally set their own
+RECENT_VIDEOS = 64  # pooled tokens kept: benchmarks ask several questions about one video
 # Generation keys that only mean something to image models (lmms-eval's llava tasks pass them).
 IMAGE_ONLY_KEYS = frozenset({"image_aspect_ratio"})
 KNOWN_KEYS = frozenset({"until", "max_new_tokens", "do_sample", "temperature", "top_p", "num_beams"})
@@ -96,6 +98,7 @@ class RedVillm(lmms):
 
             answerer = VideoAnswerer.load(model_dir, device=_rank_device(device), dtype=dtype)
         self.answerer = answerer
+        self._recent: OrderedDict[str, object] = OrderedDict()  # video path -> pooled tokens
 
     @property
     def batch_size(self) -> int:
@@ -114,15 +117,37 @@ class RedVillm(lmms):
         for generation, indices in groups.items():
             for start in range(0, len(indices), self._batch_size * 8):
                 chunk = indices[start : start + self._batch_size * 8]  # progress without losing batching
-                texts = self.answerer.answer([items[i] for i in chunk], max_new_tokens=generation.max_new_tokens,
-                                             stop=list(generation.stop), do_sample=generation.do_sample,
-                                             temperature=generation.temperature, top_p=generation.top_p,
-                                             batch_size=self._batch_size)
+                tokens = self._pooled([items[i][0] for i in chunk])
+                texts = self.answerer.answer([(tokens[items[i][0]], items[i][1]) for i in chunk],
+                                             max_new_tokens=generation.max_new_tokens, stop=list(generation.stop),
+                                             do_sample=generation.do_sample, temperature=generation.temperature,
+                                             top_p=generation.top_p, batch_size=self._batch_size)
                 for i, text in zip(chunk, texts, strict=True):
                     answers[i] = text
                 bar.update(len(chunk))
         bar.close()
         return answers
+
+    def _pooled(self, videos: list[str]) -> dict[str, object]:
+        """Pooled tokens of each distinct video, decoded and encoded once while recently asked about."""
+        todo = list(dict.fromkeys(v for v in videos if v not in self._recent))
+        for video, tokens in zip(todo, self.answerer.tokens_each(todo) if todo else [], strict=True):
+            if isinstance(tokens, Exception):
+                raise tokens
+            self._recent[video] = tokens
+        found = {}
+        for video in videos:
+            self._recent.move_to_end(video)
+            found[video] = self._recent[video]
+        while len(self._recent) > RECENT_VIDEOS:
+            self._recent.popitem(last=False)
+        return found
+
+    def clean(self) -> None:
+        """lmms-eval calls this once all requests are answered: stop the decoder processes too."""
+        self._recent.clear()
+        self.answerer.close()
+        super().clean()
 
     def _video_of(self, doc_to_visual: Callable, task: str, split: str, doc_id: int) -> str:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])

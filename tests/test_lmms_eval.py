@@ -17,6 +17,7 @@ pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install
                                         "&& pip install --no-deps lmms-eval==0.7.3)")
 from lmms_eval.api.instance import Instance  # noqa: E402
 
+from redvillm.errors import UserError  # noqa: E402
 from redvillm.evaluate.predict import PredictConfig, read_predictions, run_predict  # noqa: E402
 from redvillm.lmms_eval_model import Generation, RedVillm  # noqa: E402
 
@@ -26,14 +27,21 @@ BATCH = 3
 
 
 class RecordingAnswerer:
-    """Stands in for VideoAnswerer: answers "<video stem>|<question>" and records each call."""
+    """Stands in for VideoAnswerer: answers "<video file>|<question>" and records each call."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.decoded, self.closed = [], [], False
+
+    def tokens_each(self, videos):
+        self.decoded.append(list(videos))
+        return [UserError(f"{v}: cannot read this video") if "bad" in v else ("tokens", v) for v in videos]
 
     def answer(self, items, **kwargs):
         self.calls.append((list(items), kwargs))
-        return [f"{os.path.basename(video)}|{question}" for video, question in items]
+        return [f"{os.path.basename(tokens[1])}|{question}" for tokens, question in items]
+
+    def close(self):
+        self.closed = True
 
 
 def request(doc_id, task, gen_kwargs, context="Q?"):
@@ -66,23 +74,32 @@ def test_generation_follows_the_task():
 
 
 def test_requests_are_answered_in_order_in_batches_per_setting():
-    docs = {"a": [{"visuals": [f"/v/a{i}.mp4"]} for i in range(3)], "b": [{"visuals": ["/v/b0.mp4"]}]}
+    docs = {"a": [{"visuals": [f"/v/a{i}.mp4"]} for i in (0, 1, 0)], "b": [{"visuals": ["/v/b0.mp4"]}]}
     slow, fast = {"until": ["\n\n"], "max_new_tokens": 9}, {"until": "END", "max_new_tokens": 2, "temperature": 0.5}
     requests = [request(0, "a", slow), request(0, "b", fast, "other"), request(1, "a", slow), request(2, "a", slow)]
     answerer = RecordingAnswerer()
-    answers = model_with(answerer, docs).generate_until(requests)
-    assert answers == ["a0.mp4|Q?", "b0.mp4|other", "a1.mp4|Q?", "a2.mp4|Q?"]
+    model = model_with(answerer, docs)
+    answers = model.generate_until(requests)
+    assert answers == ["a0.mp4|Q?", "b0.mp4|other", "a1.mp4|Q?", "a0.mp4|Q?"]
     (first, first_kwargs), (second, second_kwargs) = answerer.calls
-    assert first == [("/v/a0.mp4", "Q?"), ("/v/a1.mp4", "Q?"), ("/v/a2.mp4", "Q?")]
+    assert [(tokens[1], question) for tokens, question in first] == \
+        [("/v/a0.mp4", "Q?"), ("/v/a1.mp4", "Q?"), ("/v/a0.mp4", "Q?")]
     assert first_kwargs == dict(max_new_tokens=9, stop=["\n\n"], do_sample=False, temperature=1.0, top_p=1.0,
                                 batch_size=2)
-    assert second == [("/v/b0.mp4", "other")]
+    assert second == [(("tokens", "/v/b0.mp4"), "other")]
     assert second_kwargs == dict(max_new_tokens=2, stop=["END"], do_sample=True, temperature=0.5, top_p=1.0,
                                  batch_size=2)
+    model.generate_until([request(1, "a", slow)])  # a video asked about again is not decoded again
+    assert answerer.decoded == [["/v/a0.mp4", "/v/a1.mp4"], ["/v/b0.mp4"]]
+    model.clean()
+    assert answerer.closed
 
 
 def test_what_cannot_be_served_says_why():
-    model = model_with(RecordingAnswerer(), {"img": [{"visuals": []}], "two": [{"visuals": ["/a.mp4", "/b.mp4"]}]})
+    model = model_with(RecordingAnswerer(), {"img": [{"visuals": []}], "two": [{"visuals": ["/a.mp4", "/b.mp4"]}],
+                                             "bad": [{"visuals": ["/v/bad.mp4"]}]})
+    with pytest.raises(UserError, match="bad.mp4"):
+        model.generate_until([request(0, "bad", {})])
     for task in ("img", "two"):
         with pytest.raises(ValueError, match=f"task {task} .*one video file per question"):
             model.generate_until([request(0, task, {})])
