@@ -27,11 +27,11 @@ import torch
 import redvillm
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
-from redvillm.batching import VideoSample, collate
 from redvillm.cache import open_cache
 from redvillm.errors import UserError
 from redvillm.evaluate.questions import Question, read_questions
 from redvillm.families.registry import family_for_cache
+from redvillm.generation import generate_answers
 from redvillm.model_io import load_model, write_json
 
 
@@ -111,11 +111,7 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
 
 
 def _answer(model, pool, batch: list[Question], max_new_tokens: int, sampling: dict) -> list[str]:
-    samples = [VideoSample(model.chat.encode(q.question), *pool.get(q.video_id)) for q in batch]
-    pad = model.chat.tokenizer.pad_token_id if model.chat.tokenizer.pad_token_id is not None else model.chat.eos_id
-    inputs = collate(samples, model.adapter.layout, model.chat.placeholder_id, pad, padding_side="left",
-                     with_labels=False).to(model.device)
-    return model.generate(inputs, max_new_tokens=max_new_tokens, **sampling)
+    return generate_answers(model, [(q.question, *pool.get(q.video_id)) for q in batch], max_new_tokens, sampling)
 
 
 class _PooledVideos:

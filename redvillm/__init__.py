@@ -7,7 +7,7 @@ copy; ``redvillm.evaluate`` answers and judges. The public entry points are re-e
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "open_cache", "load_model"]
+__all__ = ["__version__", "open_cache", "load_model", "VideoAnswerer"]
 
 
 def __getattr__(name):
@@ -20,4 +20,8 @@ def __getattr__(name):
         from redvillm.model_io import load_model
 
         return load_model
+    if name == "VideoAnswerer":
+        from redvillm.answerer import VideoAnswerer
+
+        return VideoAnswerer
     raise AttributeError(f"module 'redvillm' has no attribute {name!r}")
