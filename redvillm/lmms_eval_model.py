@@ -104,6 +104,11 @@ class RedVillm(lmms):
     def batch_size(self) -> int:
         return self._batch_size
 
+    @property
+    def device(self):
+        """Where the run lives (lmms-eval puts its cross-process counters there)."""
+        return self.answerer.model.device
+
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Answers in request order; requests sharing generation settings are answered in batches."""
         groups: dict[Generation, list[int]] = {}
@@ -169,9 +174,12 @@ class RedVillm(lmms):
 
 
 def _rank_device(device: str) -> str:
-    """Under `accelerate launch` / torchrun each process answers its share on its own GPU."""
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    """Under torchrun / `accelerate launch` each process answers its share on its own GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device in ("auto", "cuda"):
+        import torch
+
+        if device == "cuda" or torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
 
 

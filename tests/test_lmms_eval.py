@@ -113,6 +113,17 @@ def test_what_cannot_be_served_says_why():
         RedVillm(answerer=RecordingAnswerer(), batch_size="auto")
 
 
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    from redvillm.lmms_eval_model import _rank_device
+
+    assert _rank_device("cuda") == "cuda"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert (_rank_device("cuda"), _rank_device("cpu"), _rank_device("cuda:0")) == ("cuda:1", "cpu", "cuda:0")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert _rank_device("auto") == "cuda:1"
+
+
 def write_task(task_dir, videos, rows):
     """A local generate_until task over `videos`, scored by lmms-eval's built-in exact match."""
     task_dir.mkdir()
@@ -148,12 +159,14 @@ def write_task(task_dir, videos, rows):
         """))
 
 
-def run_lmms_eval(trained_run, task_dir, out_dir, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+def run_lmms_eval(trained_run, task_dir, out_dir, processes=1):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(out_dir / "hf"),
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "redvillm", "--model_args", f"model_dir={trained_run},device=cpu",
-           "--tasks", TASK, "--include_path", str(task_dir), "--batch_size", str(BATCH), "--log_samples",
-           "--output_path", str(out_dir)]
+    launcher = [sys.executable] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    cmd = launcher + ["-m", "lmms_eval", "--model", "redvillm", "--model_args", f"model_dir={trained_run},device=cpu",
+                      "--tasks", TASK, "--include_path", str(task_dir), "--batch_size", str(BATCH), "--log_samples",
+                      "--output_path", str(out_dir)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     # lmms-eval exits 0 even when the evaluation failed: the files below are the real check.
     results = sorted(out_dir.rglob("*_results.json"))
@@ -164,23 +177,40 @@ def run_lmms_eval(trained_run, task_dir, out_dir, tmp_path):
     return json.loads(results[0].read_text(encoding="utf-8")), rows
 
 
-def test_lmms_eval_scores_what_redvillm_predict_answers(trained_run, small_cache, synthetic_videos, qa_file, tmp_path):
+@pytest.fixture(scope="module")
+def local_task(trained_run, small_cache, synthetic_videos, qa_file, tmp_path_factory):
+    """The synthetic questions answered by `redvillm-eval predict` from the cache, and a local
+    lmms-eval task over the same videos whose reference answers are the predictions for half of
+    the questions (so an exact match of 1/2 means lmms-eval scored exactly predict's answers)."""
+    root = tmp_path_factory.mktemp("lmms")
     rows = [{"video_name": r["video_id"], "question": r["q"], "answer": r["a"], "question_id": f"q{i}"}
             for i, r in enumerate(json.loads(qa_file.read_text()))]
-    questions = tmp_path / "questions.json"
-    questions.write_text(json.dumps(rows), encoding="utf-8")
-    run_predict(PredictConfig(str(trained_run), str(small_cache), str(questions), str(tmp_path / "preds.jsonl"),
-                              batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, device="cpu"))
-    preds = {qid: record["pred"] for qid, record in read_predictions(tmp_path / "preds.jsonl").items()}
+    (root / "questions.json").write_text(json.dumps(rows), encoding="utf-8")
+    run_predict(PredictConfig(str(trained_run), str(small_cache), str(root / "questions.json"),
+                              str(root / "preds.jsonl"), batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, device="cpu"))
+    preds = {qid: record["pred"] for qid, record in read_predictions(root / "preds.jsonl").items()}
     assert len(preds) == len(rows) == 8
-    for row in rows[::2]:  # half the reference answers are the prediction itself: exact match 1/2
+    for row in rows[::2]:
         row["answer"] = preds[row["question_id"]].strip()
     expected = sum(preds[r["question_id"]].strip() == r["answer"] for r in rows) / len(rows)
-    write_task(tmp_path / "task", synthetic_videos, rows)
+    write_task(root / "task", synthetic_videos, rows)
+    return root / "task", rows, preds, expected
 
-    results, samples = run_lmms_eval(trained_run, tmp_path / "task", tmp_path / "out", tmp_path)
+
+def check_run(results, samples, rows, preds, expected):
     assert results["results"][TASK]["exact_match,none"] == pytest.approx(expected)
     assert results["config"]["model"] == "redvillm"
     assert [sample["input"] for sample in sorted(samples, key=lambda s: s["doc_id"])] == [r["question"] for r in rows]
     answered = {rows[sample["doc_id"]]["question_id"]: sample["filtered_resps"] for sample in samples}
     assert answered == preds
+
+
+def test_lmms_eval_scores_what_redvillm_predict_answers(trained_run, local_task, tmp_path):
+    task_dir, rows, preds, expected = local_task
+    assert expected == 0.5
+    check_run(*run_lmms_eval(trained_run, task_dir, tmp_path / "out"), rows, preds, expected)
+
+
+def test_two_processes_share_the_questions(trained_run, local_task, tmp_path):
+    task_dir, rows, preds, expected = local_task
+    check_run(*run_lmms_eval(trained_run, task_dir, tmp_path / "out", processes=2), rows, preds, expected)
