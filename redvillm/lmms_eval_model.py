@@ -33,7 +33,7 @@ KNOWN_KEYS = frozenset({"until", "max_new_tokens", "do_sample", "temperature", "
 
 
 def manifest():
-    """The entry point's payload: lmms-eval registers `redvillm` from it without importing torch."""
+    """The entry point's payload (lmms-eval imports the class only when `--model redvillm` asks)."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.RedVillm")
