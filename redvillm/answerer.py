@@ -26,7 +26,7 @@ import torch
 
 from redvillm import distributed
 from redvillm.errors import UserError
-from redvillm.generation import OnText, generate_answers
+from redvillm.generation import Answer, OnText, generate_rows, row_stops
 
 ENCODE_BATCH = 32  # frames per vision-encoder forward, as redvillm-extract's default
 Tokens = tuple[torch.Tensor, torch.Tensor]  # pooled (temporal (T, D), spatial (N, D))
@@ -89,24 +89,38 @@ class VideoAnswerer:
             return out
 
     def answer(self, items: Sequence[tuple[Video, str]], *, max_new_tokens: int | Sequence[int] = 64,
-               stop: Sequence[str] = (), do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-               batch_size: int = 8, on_text: OnText | None = None) -> list[str]:
+               stop: Sequence[str] | Sequence[Sequence[str]] = (), do_sample: bool = False, temperature: float = 1.0,
+               top_p: float = 1.0, batch_size: int = 8, on_text: OnText | None = None) -> list[str]:
         """Answers in the order of `items`, each (video path or pooled tokens, question).
 
-        Greedy unless `do_sample`; `max_new_tokens` may be one limit per item; each answer ends
-        before its first `stop` string (its row stops generating there). `on_text(i, text)`
-        receives item i's answer piece by piece as it is generated."""
+        Greedy unless `do_sample`. `max_new_tokens`: one limit, or one per item. `stop`: strings
+        for every item, or one list per item; an answer ends before its first stop string (its
+        row stops generating there). `on_text(i, text)` receives item i's answer piece by piece
+        as it is generated; the pieces add up to the answer."""
+        return [a.text for a in self.generate(items, max_new_tokens=max_new_tokens, stop=stop, do_sample=do_sample,
+                                              temperature=temperature, top_p=top_p, batch_size=batch_size,
+                                              on_text=on_text)]
+
+    def generate(self, items: Sequence[tuple[Video, str]], *, max_new_tokens: int | Sequence[int] = 64,
+                 stop: Sequence[str] | Sequence[Sequence[str]] = (), do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8,
+                 on_text: OnText | None = None) -> list[Answer]:
+        """`answer` with each answer's finish reason ("stop" or "length") and token counts."""
         limits = [max_new_tokens] * len(items) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         _check_request(items, limits, batch_size, do_sample, temperature, top_p)
+        try:
+            stops = row_stops(stop, len(items))
+        except ValueError as err:
+            raise UserError(str(err)) from None
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else {}
         with self._lock:
             videos = self._videos([video for video, _ in items])
-            answers: list[str] = []
+            answers: list[Answer] = []
             for start in range(0, len(items), batch_size):
                 end = min(start + batch_size, len(items))
                 prompts = [(items[i][1], *videos[i]) for i in range(start, end)]
                 rows = None if on_text is None else (lambda row, text, at=start: on_text(at + row, text))
-                answers += generate_answers(self.model, prompts, limits[start:end], sampling, stop, rows)
+                answers += generate_rows(self.model, prompts, limits[start:end], sampling, stops[start:end], rows)
             return answers
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ Shape letters: T frames, N patches, D vision width.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -23,25 +24,53 @@ Prompt = tuple[str, torch.Tensor, torch.Tensor]
 OnText = Callable[[int, str], None]  # (row, new text): called as each row's answer grows
 
 
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str  # "stop": end of turn or a stop string; "length": the token limit
+    prompt_tokens: int  # the row's prompt, video tokens included
+    completion_tokens: int
+
+
 def generate_answers(model, prompts: Sequence[Prompt], max_new_tokens: int | Sequence[int], sampling: dict,
-                     stop: Sequence[str] = (), on_text: OnText | None = None) -> list[str]:
-    """One left-padded generate over `prompts`; answers cut before the first stop string."""
+                     stop: Sequence[str] | Sequence[Sequence[str]] = (), on_text: OnText | None = None) -> list[str]:
+    """One left-padded generate over `prompts`; answers cut before their first stop string."""
+    return [answer.text for answer in generate_rows(model, prompts, max_new_tokens, sampling, stop, on_text)]
+
+
+def generate_rows(model, prompts: Sequence[Prompt], max_new_tokens: int | Sequence[int], sampling: dict,
+                  stop: Sequence[str] | Sequence[Sequence[str]] = (), on_text: OnText | None = None) -> list[Answer]:
+    """generate_answers with each row's finish reason and token counts. `max_new_tokens`: one
+    limit or one per row; `stop`: strings for every row, or one sequence of strings per row."""
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    stops = row_stops(stop, len(prompts))
     samples = [VideoSample(model.chat.encode(question), temporal, spatial) for question, temporal, spatial in prompts]
     pad = model.chat.tokenizer.pad_token_id if model.chat.tokenizer.pad_token_id is not None else model.chat.eos_id
     inputs = collate(samples, model.adapter.layout, model.chat.placeholder_id, pad, padding_side="left",
                      with_labels=False).to(model.device)
-    stop = tuple(s for s in stop if s)
-    extra = {}
-    rows = _Rows(model.chat, limits, stop, on_text)
-    if stop or len(set(limits)) > 1:
+    rows = _Rows(model.chat, limits, stops, on_text)
+    extra = {"streamer": rows}
+    if any(stops) or len(set(limits)) > 1:
         extra["stopping_criteria"] = StoppingCriteriaList([_RowsDone(rows)])
+    texts = model.generate(inputs, max_new_tokens=max(limits), **sampling, **extra)
+    texts = [cut_at_stop(text, row_stop) for text, row_stop in zip(texts, stops)]
     if on_text is not None:
-        extra["streamer"] = rows
-    answers = [cut_at_stop(a, stop) for a in model.generate(inputs, max_new_tokens=max(limits), **sampling, **extra)]
-    if on_text is not None:
-        rows.flush(answers)
-    return answers
+        rows.flush(texts)
+    prompt_tokens = inputs.attention_mask.sum(dim=1).tolist()
+    return [Answer(text, rows.finish_reason(row), prompt_tokens[row], rows.completion_tokens(row))
+            for row, text in enumerate(texts)]
+
+
+def row_stops(stop, rows: int) -> list[tuple[str, ...]]:
+    """`stop` as one tuple of non-empty stop strings per row."""
+    if isinstance(stop, str):
+        stop = [stop]
+    if all(isinstance(s, str) for s in stop):
+        return [tuple(s for s in stop if s)] * rows
+    if len(stop) != rows or not all(isinstance(s, (list, tuple)) and all(isinstance(x, str) for x in s)
+                                    for s in stop):
+        raise ValueError(f"stop: strings for every row, or one list of strings per row ({rows} rows)")
+    return [tuple(x for x in s if x) for s in stop]
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -51,50 +80,62 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 class _Rows(BaseStreamer):
-    """Each row's generated ids; says when a row is done and streams its safe new text.
+    """Each row's generated ids as generate hands them over: why and when each row ended, and
+    (with `on_text`) its settled new text.
 
     Text is handed out only once it cannot change: trailing whitespace (answers are stripped),
     an unfinished UTF-8 character, and any tail that could still grow into a stop string are
     held back until later tokens settle them.
     """
 
-    def __init__(self, chat, limits: list[int], stop: tuple[str, ...], on_text: OnText | None):
-        self.chat, self.limits, self.stop, self.on_text = chat, limits, stop, on_text
+    def __init__(self, chat, limits: list[int], stops: list[tuple[str, ...]], on_text: OnText | None):
+        self.chat, self.limits, self.stops, self.on_text = chat, limits, stops, on_text
         self.ids: list[list[int]] = [[] for _ in limits]
-        self.done = [False] * len(limits)
+        self.reasons: list[str | None] = [None] * len(limits)
         self.sent = [""] * len(limits)
         self.prompt_seen = False
 
     def text(self, ids) -> str:
         return self.chat.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
 
-    def finished(self, ids) -> bool:
-        """A row is done at its own token limit or once its text holds a stop string."""
-        return any(s in self.text(ids) for s in self.stop)
+    def stopped(self, row: int, ids) -> bool:
+        """Whether the row's text holds one of its stop strings."""
+        return bool(self.stops[row]) and any(s in self.text(ids) for s in self.stops[row])
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate hands over the prompt (or an empty tensor) first
             self.prompt_seen = True
             return
         for row, token in enumerate(value.tolist()):
-            if self.done[row]:
+            if self.reasons[row] is not None:
                 continue
-            self.ids[row].append(token)
-            self.done[row] = token == self.chat.eos_id or len(self.ids[row]) >= self.limits[row] or \
-                self.finished(self.ids[row])
-            self._send(row, self._settled(self.ids[row]))
+            ids = self.ids[row]
+            ids.append(token)
+            if token == self.chat.eos_id or self.stopped(row, ids):
+                self.reasons[row] = "stop"
+            elif len(ids) >= self.limits[row]:
+                self.reasons[row] = "length"
+            if self.on_text is not None:
+                self._send(row, self._settled(row, ids))
 
     def end(self) -> None:
         pass
 
-    def _settled(self, ids) -> str:
-        text = self.text(ids)
-        cut = cut_at_stop(text, self.stop)
+    def finish_reason(self, row: int) -> str:
+        return self.reasons[row] or "length"
+
+    def completion_tokens(self, row: int) -> int:
+        ids = self.ids[row]
+        return len(ids) - (bool(ids) and ids[-1] == self.chat.eos_id)
+
+    def _settled(self, row: int, ids) -> str:
+        text, stop = self.text(ids), self.stops[row]
+        cut = cut_at_stop(text, stop)
         if cut != text:
             return cut
         text = text.rstrip().rstrip("\ufffd").rstrip()
-        for size in range(min(len(text), max((len(s) for s in self.stop), default=0)), 0, -1):
-            if any(s.startswith(text[-size:]) for s in self.stop):
+        for size in range(min(len(text), max((len(s) for s in stop), default=0)), 0, -1):
+            if any(s.startswith(text[-size:]) for s in stop):
                 return text[:-size].rstrip()
         return text
 
@@ -120,6 +161,5 @@ class _RowsDone(StoppingCriteria):
         if self.prompt_length is None:  # first call: exactly one token has been generated
             self.prompt_length = input_ids.shape[1] - 1
         new = input_ids[:, self.prompt_length:].tolist()
-        done = [len(ids) >= limit or (bool(self.rows.stop) and self.rows.finished(ids))
-                for ids, limit in zip(new, self.rows.limits)]
+        done = [len(ids) >= self.rows.limits[row] or self.rows.stopped(row, ids) for row, ids in enumerate(new)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

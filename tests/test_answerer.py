@@ -75,11 +75,15 @@ def test_stop_strings_cut_the_answer_and_end_generation(answerer, small_cache, q
     assert both == [first, want]
 
 
-def test_per_item_token_limits_match_separate_calls(answerer, small_cache, questions):
-    items = [(cached(answerer, small_cache, v), q) for v, q in questions[:3]]
-    limits = [2, TOKENS, 5]
-    alone = [answerer.answer([item], max_new_tokens=n)[0] for item, n in zip(items, limits)]
-    assert answerer.answer(items, max_new_tokens=limits, batch_size=3) == alone
+def test_per_item_limits_and_stops_match_separate_calls(answerer, small_cache, questions, predicted):
+    items = [(cached(answerer, small_cache, v), q) for v, q in questions[2:5]]
+    stop = predicted[3][4:6]
+    limits, stops = [2, TOKENS, 5], [[], [stop], ["never seen"]]
+    alone = [answerer.generate([item], max_new_tokens=n, stop=s)[0] for item, n, s in zip(items, limits, stops)]
+    assert answerer.generate(items, max_new_tokens=limits, stop=stops, batch_size=3) == alone
+    assert (alone[0].finish_reason, alone[0].completion_tokens, alone[2].completion_tokens) == ("length", 2, 5)
+    assert alone[1].finish_reason == "stop" and alone[1].text == predicted[3][: predicted[3].find(stop)].rstrip()
+    assert alone[0].prompt_tokens > 8  # the question and the video tokens
 
 
 def test_streamed_pieces_add_up_to_the_answers(answerer, small_cache, questions, predicted):
@@ -120,7 +124,7 @@ def test_streaming_holds_back_what_may_still_become_a_stop_string(answerer):
     tokenizer = answerer.model.chat.tokenizer
     ids = tokenizer("red box moves", add_special_tokens=False)["input_ids"]
     pieces = []
-    rows = _Rows(answerer.model.chat, [len(ids) + 5], ("moves!",), lambda row, text: pieces.append(text))
+    rows = _Rows(answerer.model.chat, [len(ids) + 5], [("moves!",)], lambda row, text: pieces.append(text))
     rows.put(torch.tensor([[7, 8]]))  # the prompt comes first and is not part of the answer
     for token in ids:
         rows.put(torch.tensor([token]))
