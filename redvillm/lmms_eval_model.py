@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
-from lmms_eval.api.instance import Instance
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
@@ -109,26 +109,28 @@ class RedVillm(lmms):
         """Where the run lives (lmms-eval puts its cross-process counters there)."""
         return self.answerer.model.device
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Answers in request order; requests sharing generation settings are answered in batches."""
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Answers in request order, with their token counts (the prompt's include the video
+        tokens); requests sharing generation settings are answered in batches."""
         groups: dict[Generation, list[int]] = {}
         items: list[tuple[str, str]] = []
         for index, request in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             items.append((self._video_of(doc_to_visual, task, split, doc_id), context))
             groups.setdefault(Generation.from_task(gen_kwargs, task), []).append(index)
-        answers: list[str | None] = [None] * len(requests)
+        answers: list[GenerationResult | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="redvillm answering")
         for generation, indices in groups.items():
             for start in range(0, len(indices), self._batch_size * 8):
                 chunk = indices[start : start + self._batch_size * 8]  # progress without losing batching
                 tokens = self._pooled([items[i][0] for i in chunk])
-                texts = self.answerer.answer([(tokens[items[i][0]], items[i][1]) for i in chunk],
-                                             max_new_tokens=generation.max_new_tokens, stop=list(generation.stop),
-                                             do_sample=generation.do_sample, temperature=generation.temperature,
-                                             top_p=generation.top_p, batch_size=self._batch_size)
-                for i, text in zip(chunk, texts, strict=True):
-                    answers[i] = text
+                done = self.answerer.generate([(tokens[items[i][0]], items[i][1]) for i in chunk],
+                                              max_new_tokens=generation.max_new_tokens, stop=list(generation.stop),
+                                              do_sample=generation.do_sample, temperature=generation.temperature,
+                                              top_p=generation.top_p, batch_size=self._batch_size)
+                for i, answer in zip(chunk, done, strict=True):
+                    answers[i] = GenerationResult(answer.text, TokenCounts(answer.prompt_tokens,
+                                                                           answer.completion_tokens))
                 bar.update(len(chunk))
         bar.close()
         return answers

@@ -18,6 +18,7 @@ pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install
 from lmms_eval.api.instance import Instance  # noqa: E402
 
 from redvillm.errors import UserError  # noqa: E402
+from redvillm.generation import Answer  # noqa: E402
 from redvillm.evaluate.predict import PredictConfig, read_predictions, run_predict  # noqa: E402
 from redvillm.lmms_eval_model import Generation, RedVillm  # noqa: E402
 
@@ -36,9 +37,9 @@ class RecordingAnswerer:
         self.decoded.append(list(videos))
         return [UserError(f"{v}: cannot read this video") if "bad" in v else ("tokens", v) for v in videos]
 
-    def answer(self, items, **kwargs):
+    def generate(self, items, **kwargs):
         self.calls.append((list(items), kwargs))
-        return [f"{os.path.basename(tokens[1])}|{question}" for tokens, question in items]
+        return [Answer(f"{os.path.basename(tokens[1])}|{question}", "stop", len(question), 1) for tokens, question in items]
 
     def close(self):
         self.closed = True
@@ -80,7 +81,8 @@ def test_requests_are_answered_in_order_in_batches_per_setting():
     answerer = RecordingAnswerer()
     model = model_with(answerer, docs)
     answers = model.generate_until(requests)
-    assert answers == ["a0.mp4|Q?", "b0.mp4|other", "a1.mp4|Q?", "a0.mp4|Q?"]
+    assert [a.text for a in answers] == ["a0.mp4|Q?", "b0.mp4|other", "a1.mp4|Q?", "a0.mp4|Q?"]
+    assert [a.token_counts.input_tokens for a in answers] == [2, 5, 2, 2]
     (first, first_kwargs), (second, second_kwargs) = answerer.calls
     assert [(tokens[1], question) for tokens, question in first] == \
         [("/v/a0.mp4", "Q?"), ("/v/a1.mp4", "Q?"), ("/v/a0.mp4", "Q?")]
@@ -203,6 +205,9 @@ def check_run(results, samples, rows, preds, expected):
     assert [sample["input"] for sample in sorted(samples, key=lambda s: s["doc_id"])] == [r["question"] for r in rows]
     answered = {rows[sample["doc_id"]]["question_id"]: sample["filtered_resps"] for sample in samples}
     assert answered == preds
+    for sample in samples:  # the prompt counts the video tokens (T + N = 8 + 49 for the tiny run)
+        counts = sample["token_counts"][0]
+        assert counts["input_tokens"] > 57 and 1 <= counts["output_tokens"] <= MAX_NEW_TOKENS
 
 
 def test_lmms_eval_scores_what_redvillm_predict_answers(trained_run, local_task, tmp_path):
