@@ -6,10 +6,13 @@
         trainer_state.json      step, epoch, position in the epoch, scheduler, param groups,
                                 config fingerprint
         rng.safetensors         torch (and CUDA) RNG states
+    OUTPUT/checkpoints/step-0000500.1/  the same step saved again (the final save, a resumed
+                                finished run) while step-0000500 is still the one `latest` names
     OUTPUT/checkpoints/latest   the name of the newest complete checkpoint (replaced atomically)
 
-A checkpoint directory is complete before `latest` names it, so a kill at any moment leaves the
-previous checkpoint usable; older directories are removed after the pointer moves.
+A checkpoint directory is written and fsynced under a temporary name and renamed before `latest`
+names it, and no checkpoint is removed before `latest` has moved off it, so a kill at any moment
+leaves `latest` naming a complete checkpoint; older directories are removed after the pointer moves.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 
 from redvillm.errors import UserError
 
@@ -38,27 +42,70 @@ def exists(directory: Path) -> bool:
 
 
 def save(directory: Path, adapter, optimizer, scheduler, position: Position, fingerprint: dict) -> Path:
+    """Write a complete checkpoint, then point `latest` at it, then remove the older ones.
+
+    The checkpoint `latest` names is never touched before the pointer has moved: when this step
+    was saved already (the final save, or a resumed finished run), the new one goes to a second
+    name, so a kill at any moment leaves `latest` naming a complete checkpoint.
+    """
     root = directory / "checkpoints"
-    target = root / f"step-{position.step:07d}"
-    tmp = root / f".tmp-step-{position.step:07d}"
+    current = _latest_name(root)
+    target = _free_target(root, position.step, current)
+    tmp = root / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, tmp / "adapter.safetensors")
+    _write_tensors({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()},
+                   tmp / "adapter.safetensors")
     tensors, groups = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, tmp / "optimizer.safetensors")
-    save_file(_rng_state(), tmp / "rng.safetensors")
+    _write_tensors(tensors, tmp / "optimizer.safetensors")
+    _write_tensors(_rng_state(), tmp / "rng.safetensors")
     state = {"position": vars(position), "scheduler": _jsonable(scheduler.state_dict()),
              "param_groups": groups, "fingerprint": fingerprint}
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
+    _write_bytes(tmp / "trainer_state.json", json.dumps(state, indent=1).encode())
+    shutil.rmtree(target, ignore_errors=True)  # never `current`: a leftover of an earlier kill
     os.replace(tmp, target)
-    pointer = root / ".latest.tmp"
-    pointer.write_text(target.name)
-    os.replace(pointer, root / "latest")
+    _write_bytes(root / ".latest.tmp", target.name.encode())
+    os.replace(root / ".latest.tmp", root / "latest")
+    _sync_dir(root)
     for old in root.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _latest_name(root: Path) -> str | None:
+    try:
+        return (root / "latest").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _free_target(root: Path, step: int, current: str | None) -> Path:
+    """`step-N`, or `step-N.1` when `step-N` is the checkpoint `latest` names (and vice versa)."""
+    for name in (f"step-{step:07d}", f"step-{step:07d}.1"):
+        if name != current:
+            return root / name
+    raise AssertionError("unreachable: two names, one current")
+
+
+def _write_tensors(tensors: dict, path: Path) -> None:
+    _write_bytes(path, serialize(tensors))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and fsync, so a renamed checkpoint is complete on disk, not only in the page cache."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load(directory: Path, adapter, optimizer, scheduler, fingerprint: dict, device: torch.device) -> Position:
@@ -66,6 +113,9 @@ def load(directory: Path, adapter, optimizer, scheduler, fingerprint: dict, devi
     if not (root / "latest").is_file():
         raise UserError(f"{directory}: no checkpoint to resume from; run without --resume to start")
     path = root / (root / "latest").read_text().strip()
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"{root / 'latest'}: names {path.name}, which is missing or incomplete (an older redvillm "
+                        "was killed while saving); start the run again with --overwrite")
     state = json.loads((path / "trainer_state.json").read_text())
     differs = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
     if differs:
