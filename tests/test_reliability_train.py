@@ -97,3 +97,14 @@ def test_resume_works_after_a_kill_in_the_final_save(small_cache, qa_file, tiny_
     assert again.steps == 2 and again.losses == []
     after = load_file(tmp_path / "run" / "adapter.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_torn_last_log_line_does_not_block_resume(small_cache, qa_file, tiny_llava, tmp_path):
+    cfg = config(small_cache, qa_file, tiny_llava, tmp_path / "run", max_steps=4)
+    run_train(cfg, should_stop=lambda step: step == 2)
+    log = tmp_path / "run" / "train_log.jsonl"
+    with open(log, "a", encoding="utf-8") as f:
+        f.write('{"step": 3, "epoch": 0, "lo')  # killed mid-write
+    cfg.resume = True
+    assert run_train(cfg).steps == 4
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]

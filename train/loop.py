@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from redvillm.batching import collate
 from redvillm.cache import open_cache
 from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
+from redvillm.journal import append_journal, read_journal
 from redvillm.families.registry import family_for_cache
 from redvillm.model_io import VideoModelConfig, build_video_llm, save_adapter, write_json
 from redvillm.train import checkpoint
@@ -152,8 +154,9 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
             elapsed = max(time.perf_counter() - step_started, 1e-9)
             rate, lr = samples_seen / elapsed, scheduler.get_last_lr()[0]
             if info.is_main and (position.step % cfg.log_every == 0 or position.step == total_steps):
-                _append_log(out / LOG_FILE, {"step": position.step, "epoch": epoch, "loss": loss, "lr": lr,
-                                             "samples_per_s": rate, "tokens_per_s": tokens_seen / elapsed})
+                append_journal(out / LOG_FILE, [{"step": position.step, "epoch": epoch, "loss": loss, "lr": lr,
+                                                 "samples_per_s": rate, "tokens_per_s": tokens_seen / elapsed}],
+                               sync=False)
             if progress:
                 progress(TrainProgress(position.step, total_steps, epoch, loss, lr, rate))
             stop = should_stop is not None and should_stop(position.step)
@@ -254,17 +257,17 @@ def _fingerprint(cfg: TrainConfig, world_size: int, samples: int) -> dict:
     return {**{k: getattr(cfg, k) for k in keys}, "world_size": world_size, "samples": samples}
 
 
-def _append_log(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _trim_log(path: Path, step: int) -> None:
-    """On resume, drop log lines of steps after the checkpoint: they are trained again."""
+    """On resume, drop log records of steps after the checkpoint (they are trained again) and a
+    line torn by a kill mid-write; the file is replaced atomically."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = [record for record in read_journal(path) if record.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    append_journal(tmp, kept)
+    tmp.touch()
+    os.replace(tmp, path)
 
 
 def _first(values):
