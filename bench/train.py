@@ -49,7 +49,7 @@ import h5py  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from redvillm.batching import VideoSample, collate  # noqa: E402
+from redvillm.batching import VideoSample  # noqa: E402
 from redvillm.cache import open_cache  # noqa: E402
 from redvillm.data.annotations import read_instructions  # noqa: E402
 from redvillm.data.synthetic import SyntheticConfig, generate  # noqa: E402
@@ -60,7 +60,7 @@ from redvillm.extract.pipeline import encode_frames  # noqa: E402
 from redvillm.families.registry import load_family  # noqa: E402
 from redvillm.model_io import build_video_llm  # noqa: E402
 from redvillm.train.config import TrainConfig  # noqa: E402
-from redvillm.train.data import InstructionDataset, ResumableSampler  # noqa: E402
+from redvillm.train.data import InstructionDataset, ResumableSampler, TrainItem, collate_items  # noqa: E402
 from redvillm.train.loop import _step, run_train  # noqa: E402  (the step run_train takes)
 from redvillm.train.pooled import PooledStore  # noqa: E402
 
@@ -132,14 +132,14 @@ class Trainer:
         self.dataset = InstructionDataset(self.instructions, self.llm.chat, self.pooled)
         chat = self.llm.chat
         pad_id = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.eos_id
-        self.collate = partial(collate, layout=self.llm.adapter.layout, placeholder_id=chat.placeholder_id,
+        self.collate = partial(collate_items, layout=self.llm.adapter.layout, placeholder_id=chat.placeholder_id,
                                pad_id=pad_id)
         self.optimizer = torch.optim.AdamW(self.llm.adapter.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
 
     def step(self, batch) -> float:
         return _step(self.llm, [batch], self.optimizer, self.scheduler, self.cfg, self.device,
-                     contextlib.nullcontext(), 1)
+                     contextlib.nullcontext(), 1, 1, Path(self.cfg.output))
 
     def loader(self, num_workers: int) -> tuple[DataLoader, ResumableSampler]:
         sampler = ResumableSampler(self.dataset, 1, 0, self.cfg.seed)
@@ -166,11 +166,12 @@ def online_samples(trainer: Trainer, videos: Path, cache: Path, model: Path, row
     clips = [torch.from_numpy(decode_video(videos / f"{i.video_id}.mp4", settings)[0]) for i in instructions]
     chats = [trainer.llm.chat.encode(i.question, i.answer) for i in instructions]
 
-    def encode() -> list[VideoSample]:
+    def encode() -> list[TrainItem]:
         samples = []
         for clip, chat in zip(clips, chats):  # clip: (T, 3, h, w) uint8
             tokens = encode_frames(encoder, clip, cfg.batch_size, device, dtype, preprocess)  # (T, N, D) fp16
-            samples.append(VideoSample(chat, *trainer.family.pool(torch.from_numpy(tokens))))  # (T, D), (N, D)
+            sample = VideoSample(chat, *trainer.family.pool(torch.from_numpy(tokens)))  # (T, D), (N, D)
+            samples.append(TrainItem("online", sample, None))
         return samples
 
     return encode, f"T={clips[0].shape[0]} N={encoder.num_patches} D={encoder.hidden_size}"
@@ -184,8 +185,8 @@ def measure_steps(trainer: Trainer, videos: Path, cache: Path, model: Path, args
     rows = list(first.values())[: args.batch]  # one question on each of B videos
     cached_samples = [trainer.dataset[i] for i in rows]
     encode, shape = online_samples(trainer, videos, cache, model, rows, args)
-    drift = max(float((a.temporal - b.temporal).abs().max()) for a, b in zip(cached_samples, encode()))
-    scale = max(float(s.temporal.abs().max()) for s in cached_samples)
+    drift = max(float((a.sample.temporal - b.sample.temporal).abs().max()) for a, b in zip(cached_samples, encode()))
+    scale = max(float(s.sample.temporal.abs().max()) for s in cached_samples)
     if drift > 1e-2 * scale:  # the warm-up doubles as a check that both paths see the same tokens
         raise RuntimeError(f"online pooled tokens differ from the sidecar's by {drift} (scale {scale})")
     trainer.step(trainer.collate(cached_samples))  # warm-up

@@ -108,3 +108,145 @@ def test_a_torn_last_log_line_does_not_block_resume(small_cache, qa_file, tiny_l
     cfg.resume = True
     assert run_train(cfg).steps == 4
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def cache_copy(small_cache, tmp_path):
+    """A private copy of the small cache (index + shards, no pooled sidecar): tests break it."""
+    target = tmp_path / "cache" / "cache.h5"
+    target.parent.mkdir()
+    shutil.copy(small_cache, target)
+    shutil.copytree(small_cache.with_suffix(".shards"), target.with_suffix(".shards"))
+    return target
+
+
+def poison(cache, video_id, value=float("nan")):
+    """One value of one video's tokens replaced in place, the way a bad disk or a buggy writer would."""
+    (shard,) = cache.with_suffix(".shards").glob("r*.h5")
+    with h5py.File(shard, "r+") as f:
+        d = f["videos"][video_id]
+        a = d[()]
+        a[3, 5] = value
+        d[...] = a
+    return shard
+
+
+def all_finite(path):
+    return all(bool(torch.isfinite(v).all()) for v in load_file(path).values())
+
+
+def test_a_video_with_a_nan_token_is_skipped_and_reported(cache_copy, qa_file, tiny_llava, tmp_path):
+    shard = poison(cache_copy, "order_0001")
+    plans = []
+    summary = run_train(config(cache_copy, qa_file, tiny_llava, tmp_path / "run"), announce=plans.append)
+    assert summary.skipped_videos == 1 and all(np.isfinite(summary.losses))
+    assert [(b.video_id, b.shard) for b in plans[0].bad_videos] == [("order_0001", str(shard))]
+    assert all_finite(tmp_path / "run" / "adapter.safetensors")
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())["bad_videos"]
+    assert [(s["video_id"], s["shard"], s["rows"]) for s in skipped] == [("order_0001", str(shard), 1)]
+    assert "not finite" in skipped[0]["why"]
+    with pytest.raises(UserError, match=r"r000-00000.h5: video 'order_0001': 64 of its 25088 token values are not finite.*--strict"):
+        run_train(config(cache_copy, qa_file, tiny_llava, tmp_path / "strict", strict=True))
+
+
+def test_a_video_the_reader_rejects_is_skipped(cache_copy, qa_file, tiny_llava, tmp_path, monkeypatch):
+    from redvillm.cache import BadTokens, TokenCache
+
+    real = TokenCache.__getitem__
+
+    def reader(self, video_id):
+        if video_id == "direction_0002":
+            raise BadTokens(video_id, self.shard_path(video_id), "checksum mismatch")
+        return real(self, video_id)
+
+    monkeypatch.setattr(TokenCache, "__getitem__", reader)
+    summary = run_train(config(cache_copy, qa_file, tiny_llava, tmp_path / "run", max_steps=1))
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())["bad_videos"]
+    assert summary.skipped_videos == 1 and [(s["video_id"], s["why"]) for s in skipped] == [
+        ("direction_0002", "checksum mismatch")]
+
+
+def _tamper_sidecar(cache, version=None):
+    (pooled,) = cache.with_suffix(".pooled").glob("r*.h5")
+    with h5py.File(pooled, "r+") as f:
+        d = f["temporal"]["order_0002"]
+        a = d[()]
+        a[0, 0] = np.inf
+        d[...] = a
+        if version is not None:
+            f.attrs["format_version"] = version
+    return pooled
+
+
+def test_a_sidecar_with_non_finite_values_is_rebuilt_or_refused(cache_copy, qa_file, tiny_llava, tmp_path):
+    run_train(config(cache_copy, qa_file, tiny_llava, tmp_path / "a", max_steps=1))
+    pooled = _tamper_sidecar(cache_copy)  # a current-format file changed after it was built
+    with pytest.raises(UserError, match=rf"{pooled}: pooled tokens of video 'order_0002' are not finite.*delete it"):
+        run_train(config(cache_copy, qa_file, tiny_llava, tmp_path / "b", batch_size=8, max_steps=1))
+    assert not (tmp_path / "b" / "adapter.safetensors").exists()
+    _tamper_sidecar(cache_copy, version=1)  # an older format, built before tokens were checked: rebuilt
+    summary = run_train(config(cache_copy, qa_file, tiny_llava, tmp_path / "c", batch_size=8, max_steps=1))
+    assert summary.skipped_videos == 0 and all(np.isfinite(summary.losses))
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(
+        cache_copy, qa_file, tiny_llava, tmp_path, monkeypatch, where):
+    import redvillm.train.loop as loop
+    from redvillm.video_llm import VideoLLM
+
+    calls = {"n": 0}
+    real_loss, real_build = VideoLLM.loss_terms, loop.build_video_llm
+
+    def loss_terms(self, batch):  # one micro-batch per step: the third call is step 3
+        calls["n"] += 1
+        loss, count = real_loss(self, batch)
+        return (loss * float("nan") if where == "loss" and calls["n"] == 3 else loss), count
+
+    def build(*args, **kwargs):
+        llm = real_build(*args, **kwargs)
+        first = next(llm.adapter.parameters())
+        first.register_hook(lambda grad: grad * float("inf") if where == "gradient" and calls["n"] == 3 else grad)
+        return llm
+
+    monkeypatch.setattr(VideoLLM, "loss_terms", loss_terms)
+    monkeypatch.setattr(loop, "build_video_llm", build)
+    cfg = config(cache_copy, qa_file, tiny_llava, tmp_path / "run", save_every=2)
+    with pytest.raises(UserError, match=r"step 3: loss .* not finite on the batch of videos \w+_\d+, \w+_\d+.*"
+                                        r"checkpoint \(step 2\) stays the latest"):
+        run_train(cfg)
+    run = tmp_path / "run"
+    assert checkpoint.latest_step(run) == 2 and not (run / "adapter.safetensors").exists()
+    assert all(all_finite(p) for p in (run / "checkpoints").glob("*/*.safetensors"))
+    monkeypatch.undo()
+    cfg.resume = True
+    resumed = run_train(cfg)
+    assert resumed.steps == 4 and len(resumed.losses) == 2 and all_finite(run / "adapter.safetensors")
+
+
+def train_cli(cache, annotations, model, output, *extra):
+    from click.testing import CliRunner
+
+    from redvillm.train.cli import main
+
+    args = [cache, "--annotations", annotations, "--model", model, "--output", output, "--device", "cpu",
+            "--num-workers", "0", "--batch-size", "4", "--max-steps", "1", *extra]
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_the_cli_reports_skipped_videos(cache_copy, qa_file, tiny_llava, tmp_path):
+    poison(cache_copy, "direction_0000", value=float("inf"))
+    result = train_cli(cache_copy, qa_file, tiny_llava, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 videos with unusable tokens" in result.output and "direction_0000" in result.output
+    assert "videos skipped (unusable tokens) │ 1" in result.output
+
+
+def test_a_deleted_shard_is_one_line_naming_it_and_the_fix(cache_copy, qa_file, tiny_llava, tmp_path):
+    (shard,) = cache_copy.with_suffix(".shards").glob("r*.h5")
+    shard.unlink()
+    result = train_cli(cache_copy, qa_file, tiny_llava, tmp_path / "run")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: {shard}: cache shard is missing (listed in {cache_copy}); rerun the same "
+                     "redvillm-extract command to re-extract its videos"]

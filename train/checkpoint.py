@@ -48,14 +48,18 @@ def save(directory: Path, adapter, optimizer, scheduler, position: Position, fin
     was saved already (the final save, or a resumed finished run), the new one goes to a second
     name, so a kill at any moment leaves `latest` naming a complete checkpoint.
     """
+    weights = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    for name, value in weights.items():
+        if not bool(torch.isfinite(value).all()):  # the loop stops before this; never write one
+            raise UserError(f"{directory}: refusing to save a checkpoint whose weight {name} is not finite; "
+                            "--resume continues from the last good checkpoint")
     root = directory / "checkpoints"
     current = _latest_name(root)
     target = _free_target(root, position.step, current)
     tmp = root / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _write_tensors({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()},
-                   tmp / "adapter.safetensors")
+    _write_tensors(weights, tmp / "adapter.safetensors")
     tensors, groups = _flatten_optimizer(optimizer.state_dict())
     _write_tensors(tensors, tmp / "optimizer.safetensors")
     _write_tensors(_rng_state(), tmp / "rng.safetensors")
@@ -71,6 +75,12 @@ def save(directory: Path, adapter, optimizer, scheduler, position: Position, fin
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def latest_step(directory: Path) -> int | None:
+    """The step of the checkpoint `latest` names, or None when there is none."""
+    name = _latest_name(directory / "checkpoints")
+    return int(name.split("-")[1].split(".")[0]) if name else None
 
 
 def _latest_name(root: Path) -> str | None:

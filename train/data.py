@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from itertools import islice
 
 from torch.utils.data import Dataset, DistributedSampler
 
-from redvillm.batching import VideoSample
-from redvillm.cache import TokenCache
+from redvillm.batching import VideoSample, collate
+from redvillm.cache import BadTokens, TokenCache
 from redvillm.data.annotations import Instruction
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
 from redvillm.train.pooled import PooledStore
+from redvillm.video_llm import VideoBatch
 
 
 def usable(instructions: list[Instruction], cache: TokenCache, source: str,
@@ -34,11 +36,47 @@ def usable(instructions: list[Instruction], cache: TokenCache, source: str,
     return kept, missing
 
 
+def without_bad_videos(instructions: list[Instruction], bad: dict[str, BadTokens], source: str,
+                       strict: bool) -> tuple[list[Instruction], Counter]:
+    """Instructions whose video's tokens are usable, and a count of the dropped rows per bad video."""
+    dropped = Counter(i.video_id for i in instructions if i.video_id in bad)
+    if dropped and strict:
+        first = bad[next(iter(dropped))]
+        raise UserError(f"{first} ({len(dropped)} videos of {source} are unusable; drop --strict to skip them)")
+    kept = [i for i in instructions if i.video_id not in bad]
+    if not kept:
+        raise UserError(f"{source}: every video it names has unusable tokens (first: {bad[next(iter(dropped))]})")
+    return kept, dropped
+
+
+@dataclass
+class TrainItem:
+    video_id: str
+    sample: VideoSample
+    problem: str | None  # why this sample must not be trained on (checked in the main process)
+
+
+@dataclass
+class TrainBatch:
+    video_ids: list[str]
+    problems: list[str]
+    batch: VideoBatch
+
+    def pin_memory(self) -> TrainBatch:
+        return TrainBatch(self.video_ids, self.problems, self.batch.pin_memory())
+
+
+def collate_items(items: list[TrainItem], **collate_args) -> TrainBatch:
+    return TrainBatch([i.video_id for i in items], [i.problem for i in items if i.problem],
+                      collate([i.sample for i in items], **collate_args))
+
+
 class InstructionDataset(Dataset):
     """Item i: the i-th instruction's chat token ids with its video's pooled tokens.
 
     Tokenising happens here, in the DataLoader workers, so start-up does not scale with the
-    number of instructions.
+    number of instructions. Pooled tokens are checked finite here too; a problem travels with
+    the sample so the main process reports it in one line (a worker's exception would not).
     """
 
     def __init__(self, instructions: list[Instruction], chat: ChatFormat, pooled: PooledStore):
@@ -47,10 +85,12 @@ class InstructionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.instructions)
 
-    def __getitem__(self, index: int) -> VideoSample:
+    def __getitem__(self, index: int) -> TrainItem:
         row = self.instructions[index]
         temporal, spatial = self.pooled.get(row.video_id)
-        return VideoSample(self.chat.encode(row.question, row.answer), temporal, spatial)
+        problem = self.pooled.nonfinite(row.video_id, temporal, spatial)
+        return TrainItem(row.video_id, VideoSample(self.chat.encode(row.question, row.answer), temporal, spatial),
+                         problem)
 
 
 class ResumableSampler(DistributedSampler):

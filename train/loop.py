@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
-from redvillm.batching import collate
 from redvillm.cache import open_cache
 from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
@@ -35,11 +34,12 @@ from redvillm.families.registry import family_for_cache
 from redvillm.model_io import VideoModelConfig, build_video_llm, save_adapter, write_json
 from redvillm.train import checkpoint
 from redvillm.train.config import TrainConfig
-from redvillm.train.data import InstructionDataset, ResumableSampler, usable
+from redvillm.train.data import InstructionDataset, ResumableSampler, collate_items, usable, without_bad_videos
 from redvillm.train.pooled import PooledStore
 
 log = logging.getLogger(__name__)
 LOG_FILE = "train_log.jsonl"
+SKIPPED_FILE = "skipped.json"  # what the run left out: unusable videos (id, shard, why, rows), missing ones
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainPlan:
     steps_per_epoch: int
     total_steps: int
     start_step: int
+    bad_videos: list = field(default_factory=list)  # BadTokens of the skipped videos
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TrainSummary:
     last_loss: float | None
     seconds: float
     losses: list[float] = field(default_factory=list)
+    skipped_videos: int = 0  # videos whose tokens were unusable (listed in skipped.json)
 
 
 def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
@@ -98,6 +100,11 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     pooled = PooledStore(cache, family.pool, family.name, cfg.pooled_dir)
     pooled.build({i.video_id for i in instructions}, info.rank, info.world_size)
     distributed.barrier()  # every rank's pooled files exist before anyone reads them
+    bad = pooled.bad_videos({i.video_id for i in instructions})
+    instructions, bad_rows = without_bad_videos(instructions, bad, cfg.annotations, cfg.strict)
+    skipped = {"bad_videos": [{"video_id": v, "shard": bad[v].shard, "why": bad[v].why, "rows": n}
+                              for v, n in sorted(bad_rows.items())],
+               "rows_without_cached_video": sum(missing.values())}
 
     llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, device, dtype, cfg.revision, cfg.seed)
     if cfg.gradient_checkpointing:
@@ -110,8 +117,9 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     micro = cfg.micro_batch_size(info.world_size)
     pad_id = llm.chat.tokenizer.pad_token_id if llm.chat.tokenizer.pad_token_id is not None else llm.chat.eos_id
     loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=partial(collate, layout=llm.adapter.layout, placeholder_id=llm.chat.placeholder_id,
-                                           pad_id=pad_id), persistent_workers=cfg.num_workers > 0,
+                        collate_fn=partial(collate_items, layout=llm.adapter.layout,
+                                           placeholder_id=llm.chat.placeholder_id, pad_id=pad_id),
+                        persistent_workers=cfg.num_workers > 0,
                         pin_memory=device.type == "cuda")
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / info.world_size / micro) / cfg.grad_accum)
     total_steps = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
@@ -125,11 +133,12 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", cfg.to_dict())
+        write_json(out / SKIPPED_FILE, skipped)
         _trim_log(out / LOG_FILE, position.step)
     if announce:
         announce(TrainPlan(len(instructions), len({i.video_id for i in instructions}), sum(missing.values()),
                            list(missing)[:5], llm.trainable_parameters(), micro, info.world_size, steps_per_epoch,
-                           total_steps, position.step))
+                           total_steps, position.step, [bad[v] for v in bad_rows]))
 
     losses = []
     autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32 \
@@ -145,11 +154,13 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
             micro_batches = list(islice(batches, cfg.grad_accum))
             if not micro_batches:
                 break
-            loss = _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, info.world_size)
+            _check_samples(micro_batches)
+            loss = _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, info.world_size,
+                         position.step + 1, out)
             step_in_epoch += 1
             position = checkpoint.Position(position.step + 1, epoch, step_in_epoch)
-            samples_seen += sum(b.input_ids.shape[0] for b in micro_batches) * info.world_size
-            tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches) * info.world_size
+            samples_seen += sum(b.batch.input_ids.shape[0] for b in micro_batches) * info.world_size
+            tokens_seen += sum(int(b.batch.attention_mask.sum()) for b in micro_batches) * info.world_size
             losses.append(loss)
             elapsed = max(time.perf_counter() - step_started, 1e-9)
             rate, lr = samples_seen / elapsed, scheduler.get_last_lr()[0]
@@ -165,7 +176,8 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
                     checkpoint.save(out, llm.adapter, optimizer, scheduler, position, fingerprint)
                 distributed.barrier()
             if stop:
-                return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses)
+                return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started,
+                                    losses, len(bad_rows))
         if position.step >= total_steps:
             break
         position = checkpoint.Position(position.step, epoch + 1, 0)
@@ -177,37 +189,75 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
                                   cfg.seed, extra={"train": cfg.to_dict(), "cache": cache.info})
         save_adapter(llm, out, config)
     distributed.barrier()
-    return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses)
+    return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses,
+                        len(bad_rows))
 
 
-def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world_size) -> float:
+def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world_size, step, out) -> float:
     """One optimizer step over grad_accum micro-batches; the loss is the mean over every answer
-    token of the global batch (summed per rank, divided by the global count)."""
-    micro_batches = [b.to(device) for b in micro_batches]
-    local_tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in micro_batches)
+    token of the global batch (summed per rank, divided by the global count). A non-finite loss
+    or gradient stops the run before the weights are touched."""
+    batches = [b.batch.to(device) for b in micro_batches]
+    local_tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in batches)
     total = torch.tensor([local_tokens], dtype=torch.float64, device=device)
     if world_size > 1:
         dist.all_reduce(total)
     total_tokens = max(total.item(), 1.0)
     loss_value = 0.0
-    for i, batch in enumerate(micro_batches):
-        syncing = i == len(micro_batches) - 1 or world_size == 1
+    for i, batch in enumerate(batches):
+        syncing = i == len(batches) - 1 or world_size == 1
         sync = contextlib.nullcontext() if syncing else llm.adapter_forward.no_sync()
         with sync, autocast:
             loss_sum, _ = llm.loss_terms(batch)
             # DDP averages gradients over ranks; scaling by world size turns that into a sum.
             (loss_sum * world_size / total_tokens).backward()
         loss_value += loss_sum.item()
-    if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(llm.adapter.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     if world_size > 1:
         summed = torch.tensor([loss_value], dtype=torch.float64, device=device)
         dist.all_reduce(summed)
         loss_value = summed.item()
+    parameters = list(llm.adapter.parameters())
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    _stop_if_nonfinite(loss_value / total_tokens, grad_norm, micro_batches, step, world_size, out)
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(parameters, cfg.max_grad_norm, grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
     return loss_value / total_tokens
+
+
+def _check_samples(micro_batches) -> None:
+    problems = [p for b in micro_batches for p in b.problems]
+    if problems:
+        raise UserError(problems[0])
+
+
+def _stop_if_nonfinite(loss: float, grad_norm: torch.Tensor, micro_batches, step: int, world_size: int,
+                       out: Path) -> None:
+    """Raise, naming the step and the batch's videos, if the loss or the gradient is not finite.
+
+    Every rank sees the same all-reduced loss and synchronised gradients, so all raise together."""
+    norm = grad_norm.item()
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    video_ids = _gather([v for b in micro_batches for v in b.video_ids], world_size)
+    shown = ", ".join(sorted(set(video_ids))[:8]) + (" ..." if len(set(video_ids)) > 8 else "")
+    latest = checkpoint.latest_step(out)
+    kept = (f"the last good checkpoint (step {latest}) stays the latest; fix the cause (those videos' tokens, a "
+            "lower --lr) and --resume from it" if latest is not None else
+            "no checkpoint was written before it; fix the cause (those videos' tokens, a lower --lr) and rerun")
+    raise UserError(f"{out}: step {step}: loss {loss} / gradient norm {norm} is not finite on the batch of "
+                    f"videos {shown}; training stopped before updating any weight, {kept}")
+
+
+def _gather(video_ids: list[str], world_size: int) -> list[str]:
+    """Every rank's video ids (a collective: every rank calls it)."""
+    if world_size == 1:
+        return video_ids
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, video_ids)
+    return [v for ids in gathered for v in ids]
 
 
 def _warmup_cosine(step: int, total: int, warmup: int) -> float:
