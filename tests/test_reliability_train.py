@@ -250,3 +250,106 @@ def test_a_deleted_shard_is_one_line_naming_it_and_the_fix(cache_copy, qa_file, 
     lines = result.output.strip().splitlines()
     assert lines == [f"error: {shard}: cache shard is missing (listed in {cache_copy}); rerun the same "
                      "redvillm-extract command to re-extract its videos"]
+
+
+def no_space(path):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_disk_full_at_a_checkpoint_keeps_the_last_one_and_resume_finishes(cache_copy, qa_file, tiny_llava, tmp_path,
+                                                                          monkeypatch):
+    straight = run_train(config(cache_copy, qa_file, tiny_llava, tmp_path / "straight", max_steps=4))
+    real = checkpoint._write_bytes
+
+    def write(path, data):
+        if path.name == "optimizer.safetensors" and "step-0000004" in str(path):
+            raise no_space(path)
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_bytes", write)
+    cfg = config(cache_copy, qa_file, tiny_llava, tmp_path / "run", max_steps=4, save_every=2)
+    with pytest.raises(UserError, match=r"checkpoints/.tmp-step-0000004: no space left on the device \(writing it "
+                                        r"needs about 0\.\d MB, \d+\.\d MB free now\); the last complete checkpoint "
+                                        r"\(step-0000002\) is kept; free space, then rerun with --resume$"):
+        run_train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-0000002"]  # the partial one is gone
+    monkeypatch.undo()  # space freed
+    cfg.resume = True
+    assert run_train(cfg).steps == 4
+    a, b = load_file(tmp_path / "straight" / "adapter.safetensors"), load_file(tmp_path / "run" / "adapter.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a) and straight.steps == 4
+
+
+def test_disk_full_at_the_final_adapter_or_the_log_is_one_line(cache_copy, qa_file, tiny_llava, tmp_path, monkeypatch):
+    import redvillm.train.loop as loop
+    from safetensors import SafetensorError
+
+    def full_adapter(*args):  # what safetensors raises: the OS error is in its message only
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(loop, "save_adapter", full_adapter)
+    cfg = config(cache_copy, qa_file, tiny_llava, tmp_path / "run", max_steps=2)
+    with pytest.raises(UserError, match=r"adapter.safetensors: no space left .* the last complete checkpoint "
+                                        r"\(step-0000002\) is kept"):
+        run_train(cfg)
+    monkeypatch.undo()
+
+    real_append, calls = loop.append_journal, []
+
+    def full_log(path, records, sync=True):  # the second step's log line finds the disk full
+        calls.append(path)
+        if len(calls) == 2:
+            raise no_space(path)
+        real_append(path, records, sync=sync)
+
+    monkeypatch.setattr(loop, "append_journal", full_log)
+    cfg = config(cache_copy, qa_file, tiny_llava, tmp_path / "log", max_steps=2, save_every=1)
+    with pytest.raises(UserError, match=r"train_log.jsonl: no space left .* \(step-0000001\) is kept"):
+        run_train(cfg)
+    monkeypatch.undo()
+    cfg.resume = True
+    assert run_train(cfg).steps == 2
+
+
+TMPFS_SCRIPT = """
+import json, subprocess, sys
+from redvillm.errors import UserError
+from redvillm.train.config import TrainConfig
+from redvillm.train.loop import run_train
+
+cache, annotations, model, mount = sys.argv[1:]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", mount], check=True)
+cfg = TrainConfig(cache, annotations, mount + "/run", model=model, batch_size=4, max_steps=4, lr=3e-3,
+                  num_workers=0, device="cpu", save_every=1, log_every=1)
+try:
+    run_train(cfg)
+    first = "finished"
+except UserError as err:
+    first = str(err)
+subprocess.run(["mount", "-o", "remount,size=2m", mount], check=True)  # space freed
+cfg.resume = True
+second = run_train(cfg).steps
+print(json.dumps({"first": first, "second": second}))
+"""
+
+
+def test_a_real_full_filesystem(cache_copy, qa_file, tiny_llava, tmp_path):
+    """A 320 KB tmpfs holds one checkpoint of the tiny model (~200 KB) but not the next beside it."""
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare(1) on this machine to mount a private tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a private tmpfs here (unshare -rm: {probe.stderr.decode().strip()})")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["unshare", "-rm", sys.executable, "-c", TMPFS_SCRIPT, str(cache_copy), str(qa_file),
+                             str(tiny_llava), str(mount)], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["second"] == 4
+    assert "no space left on the device" in outcome["first"] and "is kept; free space" in outcome["first"], outcome

@@ -17,6 +17,8 @@ leaves `latest` naming a complete checkpoint; older directories are removed afte
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as serialize
 
@@ -57,24 +60,68 @@ def save(directory: Path, adapter, optimizer, scheduler, position: Position, fin
     current = _latest_name(root)
     target = _free_target(root, position.step, current)
     tmp = root / f".tmp-{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_tensors(weights, tmp / "adapter.safetensors")
-    tensors, groups = _flatten_optimizer(optimizer.state_dict())
-    _write_tensors(tensors, tmp / "optimizer.safetensors")
-    _write_tensors(_rng_state(), tmp / "rng.safetensors")
-    state = {"position": vars(position), "scheduler": _jsonable(scheduler.state_dict()),
-             "param_groups": groups, "fingerprint": fingerprint}
-    _write_bytes(tmp / "trainer_state.json", json.dumps(state, indent=1).encode())
-    shutil.rmtree(target, ignore_errors=True)  # never `current`: a leftover of an earlier kill
-    os.replace(tmp, target)
-    _write_bytes(root / ".latest.tmp", target.name.encode())
-    os.replace(root / ".latest.tmp", root / "latest")
-    _sync_dir(root)
+    moments, groups = _flatten_optimizer(optimizer.state_dict())
+    state = {"position": vars(position), "scheduler": _jsonable(scheduler.state_dict()), "param_groups": groups,
+             "fingerprint": fingerprint}
+    files = {"adapter.safetensors": weights, "optimizer.safetensors": moments, "rng.safetensors": _rng_state()}
+    needed = sum(t.numel() * t.element_size() for tensors in files.values() for t in tensors.values()) + 2**16
+    with disk_full(tmp, needed, f"; {_kept(current)}", cleanup=tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, tensors in files.items():
+            _write_bytes(tmp / name, serialize(tensors))
+        _write_bytes(tmp / "trainer_state.json", json.dumps(state, indent=1).encode())
+        shutil.rmtree(target, ignore_errors=True)  # never `current`: a leftover of an earlier kill
+        os.replace(tmp, target)
+        _write_bytes(root / ".latest.tmp", target.name.encode())
+        os.replace(root / ".latest.tmp", root / "latest")
+        _sync_dir(root)
     for old in root.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def disk_full(path: Path, needed: int, then: str = "", cleanup: Path | None = None,
+              fix: str = "free space, then rerun with --resume"):
+    """Turn "no space left" while writing `path` into one line naming it and the space needed."""
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        if not _is_disk_full(err):
+            raise
+        if cleanup is not None:  # a partial write only takes space
+            shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
+        free = shutil.disk_usage(_existing(path)).free
+        raise UserError(f"{path}: no space left on the device (writing it needs about {_mb(needed)}, "
+                        f"{_mb(free)} free now){then}; {fix}") from None
+
+
+def _is_disk_full(err: Exception) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)  # safetensors reports the OS error in its message only
+    return any(mark in text for mark in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT),
+                                         f"os error {errno.ENOSPC})", f"os error {errno.EDQUOT})"))
+
+
+def kept_line(directory: Path) -> str:
+    return _kept(_latest_name(directory / "checkpoints"))
+
+
+def _kept(current: str | None) -> str:
+    return f"the last complete checkpoint ({current}) is kept" if current else "no checkpoint was written yet"
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
 
 
 def latest_step(directory: Path) -> int | None:
@@ -96,10 +143,6 @@ def _free_target(root: Path, step: int, current: str | None) -> Path:
         if name != current:
             return root / name
     raise AssertionError("unreachable: two names, one current")
-
-
-def _write_tensors(tensors: dict, path: Path) -> None:
-    _write_bytes(path, serialize(tensors))
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

@@ -31,7 +31,7 @@ from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
 from redvillm.journal import append_journal, read_journal
 from redvillm.families.registry import family_for_cache
-from redvillm.model_io import VideoModelConfig, build_video_llm, save_adapter, write_json
+from redvillm.model_io import ADAPTER_FILE, VideoModelConfig, build_video_llm, save_adapter, write_json
 from redvillm.train import checkpoint
 from redvillm.train.config import TrainConfig
 from redvillm.train.data import InstructionDataset, ResumableSampler, collate_items, usable, without_bad_videos
@@ -132,8 +132,9 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
         position = checkpoint.load(out, llm.adapter, optimizer, scheduler, fingerprint, device)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "train_config.json", cfg.to_dict())
-        write_json(out / SKIPPED_FILE, skipped)
+        with checkpoint.disk_full(out, 2**16):
+            write_json(out / "train_config.json", cfg.to_dict())
+            write_json(out / SKIPPED_FILE, skipped)
         _trim_log(out / LOG_FILE, position.step)
     if announce:
         announce(TrainPlan(len(instructions), len({i.video_id for i in instructions}), sum(missing.values()),
@@ -165,9 +166,10 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
             elapsed = max(time.perf_counter() - step_started, 1e-9)
             rate, lr = samples_seen / elapsed, scheduler.get_last_lr()[0]
             if info.is_main and (position.step % cfg.log_every == 0 or position.step == total_steps):
-                append_journal(out / LOG_FILE, [{"step": position.step, "epoch": epoch, "loss": loss, "lr": lr,
-                                                 "samples_per_s": rate, "tokens_per_s": tokens_seen / elapsed}],
-                               sync=False)
+                record = {"step": position.step, "epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": rate,
+                          "tokens_per_s": tokens_seen / elapsed}
+                with checkpoint.disk_full(out / LOG_FILE, 4096, f"; {checkpoint.kept_line(out)}"):
+                    append_journal(out / LOG_FILE, [record], sync=False)
             if progress:
                 progress(TrainProgress(position.step, total_steps, epoch, loss, lr, rate))
             stop = should_stop is not None and should_stop(position.step)
@@ -187,7 +189,10 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
         config = VideoModelConfig(cfg.model, family.revision, family.name, cfg.pooling, cfg.temporal_module,
                                   cache.info["num_frames"], cache.info["num_patches"], cache.info["hidden_size"],
                                   cfg.seed, extra={"train": cfg.to_dict(), "cache": cache.info})
-        save_adapter(llm, out, config)
+        adapter_bytes = sum(v.numel() * v.element_size() for v in llm.adapter.state_dict().values())
+        with checkpoint.disk_full(out / ADAPTER_FILE, adapter_bytes, f"; {checkpoint.kept_line(out)}",
+                                  cleanup=out / f".{ADAPTER_FILE}.tmp"):
+            save_adapter(llm, out, config)
     distributed.barrier()
     return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses,
                         len(bad_rows))

@@ -32,6 +32,7 @@ import torch
 
 from redvillm.cache import BadTokens, TokenCache, shards_dir
 from redvillm.errors import UserError
+from redvillm.train.checkpoint import disk_full
 
 FORMAT_VERSION = 2  # 2: tokens checked finite, bad videos listed (v1 files are rebuilt)
 
@@ -99,8 +100,16 @@ class PooledStore:
             return False
 
     def _pool_shard(self, shard: Path, video_ids: list[str]) -> None:
-        stat = shard.stat()
+        info = self.cache.info
+        needed = len(video_ids) * (info["num_frames"] + info["num_patches"]) * info["hidden_size"] * 2  # float16
         tmp = self.dir / f".tmp-{os.getpid()}-{shard.name}"
+        with disk_full(self.pooled_path(shard), needed, cleanup=tmp,
+                       fix="free space or pass --pooled-dir to put the sidecar elsewhere, then rerun"):
+            self._write_pooled(shard, video_ids, tmp)
+        os.replace(tmp, self.pooled_path(shard))
+
+    def _write_pooled(self, shard: Path, video_ids: list[str], tmp: Path) -> None:
+        stat = shard.stat()
         bad = {}
         with h5py.File(tmp, "w") as out:
             out.attrs.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns, family=self.family,
@@ -115,7 +124,6 @@ class PooledStore:
                 temporal_group.create_dataset(video_id, data=temporal)
                 spatial_group.create_dataset(video_id, data=spatial)
             out.attrs["bad"] = json.dumps(bad, sort_keys=True)
-        os.replace(tmp, self.pooled_path(shard))
 
     def _pool_video(self, video_id: str, shard: Path) -> tuple[np.ndarray, np.ndarray]:
         """(temporal (T, D), spatial (N, D)) float16, finite; BadTokens otherwise."""
