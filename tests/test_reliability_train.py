@@ -4,6 +4,7 @@ over-long rows. Each ends in a usable run or one clear line, never a lost run or
 import errno
 import json
 import os
+import re
 import shutil
 
 import h5py
@@ -239,7 +240,7 @@ def test_the_cli_reports_skipped_videos(cache_copy, qa_file, tiny_llava, tmp_pat
     result = train_cli(cache_copy, qa_file, tiny_llava, tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert "skipped 1 videos with unusable tokens" in result.output and "direction_0000" in result.output
-    assert "videos skipped (unusable tokens) │ 1" in result.output
+    assert re.search(r"videos skipped \(unusable tokens\) +│ 1 ", result.output)
 
 
 def test_a_deleted_shard_is_one_line_naming_it_and_the_fix(cache_copy, qa_file, tiny_llava, tmp_path):
@@ -353,3 +354,52 @@ def test_a_real_full_filesystem(cache_copy, qa_file, tiny_llava, tmp_path):
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["second"] == 4
     assert "no space left on the device" in outcome["first"] and "is kept; free space" in outcome["first"], outcome
+
+
+def test_rows_longer_than_the_context_are_left_out_or_cut(small_cache, qa_file, tiny_llava, tmp_path, monkeypatch,
+                                                          caplog):
+    from redvillm.video_llm import VideoLLM
+
+    rows = json.loads(qa_file.read_text())
+    video = rows[0]["video_id"]
+    rows.append({"video_id": video, "q": "Describe it. " + "word " * 20000, "a": "Red."})  # a 100 KB question
+    rows.append({"video_id": video, "q": "Describe it.", "a": "red " * 6000})  # an answer past the context
+    annotations = tmp_path / "qa.json"
+    annotations.write_text(json.dumps(rows))
+    longest = []
+    real = VideoLLM.loss_terms
+
+    def loss_terms(self, batch):
+        longest.append(batch.input_ids.shape[1])
+        if batch.input_ids.shape[1] > 4096:  # stop before the forward would ask for gigabytes
+            raise MemoryError(f"a {batch.input_ids.shape[1]}-token sequence")
+        return real(self, batch)
+
+    monkeypatch.setattr(VideoLLM, "loss_terms", loss_terms)
+    plans = []
+    with caplog.at_level("WARNING"):
+        summary = run_train(config(small_cache, annotations, tiny_llava, tmp_path / "run", batch_size=10, epochs=1),
+                            announce=plans.append)
+    assert summary.rows_too_long == 1 and summary.answers_cut == 1 and summary.steps == 1
+    assert max(longest) == 4096  # the cut answer fills the context exactly
+    assert plans[0].instructions == len(rows) - 1 and plans[0].context == 4096
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
+    assert [r["where"] for r in skipped["rows_longer_than_context"]] == [f"row {len(rows) - 2}"]
+    assert skipped["rows_longer_than_context"][0]["prompt_tokens"] > 20000
+    (cut,) = skipped["rows_answer_cut_to_context"]
+    assert cut["where"] == f"row {len(rows) - 1}" and cut["answer_tokens"] > 6000 > cut["kept_tokens"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith(f"{annotations}: row {len(rows) - 2} (video {video}): left out") for m in warned)
+    assert any(m.startswith(f"{annotations}: row {len(rows) - 1} (video {video}): answer cut") for m in warned)
+
+
+def test_fit_to_context_boundaries():
+    from redvillm.batching import fit_to_context
+    from redvillm.families.chat import EncodedChat
+
+    chat = EncodedChat([1, 2, 99, 3], [4, 5, 6], 2)  # 3 prompt tokens + the placeholder, 3 answer tokens
+    assert fit_to_context(chat, video_tokens=10, context=16) is chat  # 13 + 3 = 16: fits exactly
+    assert fit_to_context(chat, video_tokens=10, context=15).answer_ids == [4, 5]
+    assert fit_to_context(chat, video_tokens=10, context=14).answer_ids == [4]
+    assert fit_to_context(chat, video_tokens=10, context=13) is None  # no room for one answer token
+    assert fit_to_context(chat, video_tokens=10, context=20, room=8) is None  # generation needs 8 tokens

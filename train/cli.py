@@ -70,6 +70,12 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
         if plan.bad_videos:
             console.print(f"[yellow]skipped {len(plan.bad_videos)} videos with unusable tokens (listed in "
                           f"{cfg.output}/skipped.json; first: {plan.bad_videos[0]})", highlight=False)
+        for rows, what in ((plan.long_rows.skipped, "left out: the prompt and video tokens alone exceed"),
+                           (plan.long_rows.truncated, "answer cut to fit")):
+            if rows:
+                console.print(f"[yellow]{len(rows)} rows {what} the backbone's context of {plan.context} tokens "
+                              f"(listed in {cfg.output}/skipped.json; first: {cfg.annotations}: {rows[0]['where']})",
+                              highlight=False)
         task["id"] = bar.add_task("train", total=plan.total_steps, completed=plan.start_step, status="")
 
     def progress(event) -> None:
@@ -82,6 +88,8 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
     for name, value in [("optimizer steps", summary.steps),
                         ("loss, first step", _fmt(summary.first_loss)), ("loss, last step", _fmt(summary.last_loss)),
                         ("videos skipped (unusable tokens)", summary.skipped_videos),
+                        ("rows left out (longer than the context)", summary.rows_too_long),
+                        ("answers cut to the context", summary.answers_cut),
                         ("seconds", f"{summary.seconds:.1f}"),
                         ("load it with", f"from redvillm import load_model; model = load_model({str(summary.output)!r})")]:
         table.add_row(name, str(value))

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 
 from torch.utils.data import Dataset, DistributedSampler
 
-from redvillm.batching import VideoSample, collate
+from redvillm.batching import VideoSample, collate, fit_to_context
 from redvillm.cache import BadTokens, TokenCache
-from redvillm.data.annotations import Instruction
+from redvillm.data.annotations import Instruction, first_line_is_object
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
 from redvillm.train.pooled import PooledStore
 from redvillm.video_llm import VideoBatch
+
+log = logging.getLogger(__name__)
 
 
 def usable(instructions: list[Instruction], cache: TokenCache, source: str,
@@ -50,6 +53,56 @@ def without_bad_videos(instructions: list[Instruction], bad: dict[str, BadTokens
 
 
 @dataclass
+class LongRows:
+    """Rows longer than the backbone's context: left out (the prompt alone is too long) or cut."""
+
+    skipped: list[dict]  # {"where", "video_id", "prompt_tokens"}
+    truncated: list[dict]  # {"where", "video_id", "answer_tokens", "kept_tokens"}
+
+
+def within_context(instructions: list[Instruction], chat: ChatFormat, video_tokens: int, context: int,
+                   source: str) -> tuple[list[Instruction], LongRows]:
+    """Leave out the rows whose prompt and video tokens alone fill the context; count (and warn
+    about) the rows whose answer will be cut to fit. Only rows that might be too long are
+    tokenised: a token is at least one UTF-8 byte, so short rows are known to fit."""
+    base = chat.encode("x", "x")
+    overhead = len(base.prompt_ids) + len(base.answer_ids) - 1 + video_tokens + 16  # 16: template boundaries
+    kept, long_rows, where = [], LongRows([], []), _row_names(source)
+    for row in instructions:
+        if overhead + len(row.question.encode()) + len(row.answer.encode()) <= context:
+            kept.append(row)
+            continue
+        encoded = chat.encode(row.question, row.answer)
+        fitted = fit_to_context(encoded, video_tokens, context)
+        if fitted is None:
+            long_rows.skipped.append({"where": where(row.row), "video_id": row.video_id,
+                                      "prompt_tokens": len(encoded.prompt_ids) - 1 + video_tokens})
+            continue
+        kept.append(row)
+        if len(fitted.answer_ids) < len(encoded.answer_ids):
+            long_rows.truncated.append({"where": where(row.row), "video_id": row.video_id,
+                                        "answer_tokens": len(encoded.answer_ids), "kept_tokens": len(fitted.answer_ids)})
+    for kind, rows in (("left out: its prompt and video tokens alone exceed", long_rows.skipped),
+                       ("answer cut to fit", long_rows.truncated)):
+        for item in rows[:5]:
+            log.warning("%s: %s (video %s): %s the backbone's context of %d tokens", source, item["where"],
+                        item["video_id"], kind, context)
+    if not kept:
+        raise UserError(f"{source}: every row is longer than the backbone's context of {context} tokens "
+                        f"(first: {long_rows.skipped[0]['where']})")
+    return kept, long_rows
+
+
+def _row_names(source: str):
+    """How to name a row's place: JSONL by line, JSON by position in its list."""
+    with open(source, encoding="utf-8") as f:
+        head = f.read(1 << 20)
+    if first_line_is_object(head):
+        return lambda row: f"line {row + 1}"
+    return lambda row: f"row {row}"
+
+
+@dataclass
 class TrainItem:
     video_id: str
     sample: VideoSample
@@ -79,8 +132,10 @@ class InstructionDataset(Dataset):
     the sample so the main process reports it in one line (a worker's exception would not).
     """
 
-    def __init__(self, instructions: list[Instruction], chat: ChatFormat, pooled: PooledStore):
+    def __init__(self, instructions: list[Instruction], chat: ChatFormat, pooled: PooledStore,
+                 video_tokens: int | None = None, context: int | None = None):
         self.instructions, self.chat, self.pooled = instructions, chat, pooled
+        self.video_tokens, self.context = video_tokens, context  # both given: answers are cut to fit
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -89,8 +144,12 @@ class InstructionDataset(Dataset):
         row = self.instructions[index]
         temporal, spatial = self.pooled.get(row.video_id)
         problem = self.pooled.nonfinite(row.video_id, temporal, spatial)
-        return TrainItem(row.video_id, VideoSample(self.chat.encode(row.question, row.answer), temporal, spatial),
-                         problem)
+        chat = self.chat.encode(row.question, row.answer)
+        if self.context is not None:
+            chat = fit_to_context(chat, self.video_tokens, self.context)
+            if chat is None:  # within_context leaves such rows out; never train on one
+                chat, problem = self.chat.encode("", ""), f"row {row.row} ({row.video_id}): longer than the context"
+        return TrainItem(row.video_id, VideoSample(chat, temporal, spatial), problem)
 
 
 class ResumableSampler(DistributedSampler):

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
+from redvillm.batching import context_length
 from redvillm.cache import open_cache
 from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
@@ -34,7 +35,8 @@ from redvillm.families.registry import family_for_cache
 from redvillm.model_io import ADAPTER_FILE, VideoModelConfig, build_video_llm, save_adapter, write_json
 from redvillm.train import checkpoint
 from redvillm.train.config import TrainConfig
-from redvillm.train.data import InstructionDataset, ResumableSampler, collate_items, usable, without_bad_videos
+from redvillm.train.data import (InstructionDataset, LongRows, ResumableSampler, collate_items, usable, within_context,
+                                 without_bad_videos)
 from redvillm.train.pooled import PooledStore
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class TrainPlan:
     total_steps: int
     start_step: int
     bad_videos: list = field(default_factory=list)  # BadTokens of the skipped videos
+    long_rows: LongRows = field(default_factory=lambda: LongRows([], []))  # longer than the context
+    context: int = 0  # tokens the backbone takes
 
 
 @dataclass
@@ -78,6 +82,8 @@ class TrainSummary:
     seconds: float
     losses: list[float] = field(default_factory=list)
     skipped_videos: int = 0  # videos whose tokens were unusable (listed in skipped.json)
+    rows_too_long: int = 0  # rows left out: prompt and video tokens alone exceed the context
+    answers_cut: int = 0  # rows whose answer was cut to fit the context
 
 
 def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
@@ -112,7 +118,13 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     if info.world_size > 1:
         llm.adapter_forward = DistributedDataParallel(llm.adapter, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = InstructionDataset(instructions, llm.chat, pooled)
+    context = context_length(llm.backbone.config, llm.chat.tokenizer)
+    video_tokens = llm.adapter.layout.num_video_tokens(cache.info["num_frames"],
+                                                       pooled.get(instructions[0].video_id)[1].shape[0])
+    instructions, long_rows = within_context(instructions, llm.chat, video_tokens, context, cfg.annotations)
+    skipped.update(rows_longer_than_context=long_rows.skipped, rows_answer_cut_to_context=long_rows.truncated,
+                   context_tokens=context)
+    dataset = InstructionDataset(instructions, llm.chat, pooled, video_tokens, context)
     sampler = ResumableSampler(dataset, info.world_size, info.rank, cfg.seed)
     micro = cfg.micro_batch_size(info.world_size)
     pad_id = llm.chat.tokenizer.pad_token_id if llm.chat.tokenizer.pad_token_id is not None else llm.chat.eos_id
@@ -139,7 +151,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     if announce:
         announce(TrainPlan(len(instructions), len({i.video_id for i in instructions}), sum(missing.values()),
                            list(missing)[:5], llm.trainable_parameters(), micro, info.world_size, steps_per_epoch,
-                           total_steps, position.step, [bad[v] for v in bad_rows]))
+                           total_steps, position.step, [bad[v] for v in bad_rows], long_rows, context))
 
     losses = []
     autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32 \
@@ -179,7 +191,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
                 distributed.barrier()
             if stop:
                 return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started,
-                                    losses, len(bad_rows))
+                                    losses, len(bad_rows), len(long_rows.skipped), len(long_rows.truncated))
         if position.step >= total_steps:
             break
         position = checkpoint.Position(position.step, epoch + 1, 0)
@@ -195,7 +207,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
             save_adapter(llm, out, config)
     distributed.barrier()
     return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses,
-                        len(bad_rows))
+                        len(bad_rows), len(long_rows.skipped), len(long_rows.truncated))
 
 
 def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world_size, step, out) -> float:
