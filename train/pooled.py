@@ -128,10 +128,9 @@ class PooledStore:
     def _pool_video(self, video_id: str, shard: Path) -> tuple[np.ndarray, np.ndarray]:
         """(temporal (T, D), spatial (N, D)) float16, finite; BadTokens otherwise."""
         tokens = self.cache[video_id]  # (T, N, D) float16; the reader raises BadTokens itself too
-        finite = np.isfinite(tokens)
-        if not finite.all():
-            raise BadTokens(video_id, shard, f"{finite.size - int(finite.sum())} of its {finite.size} token values "
-                                             "are not finite (NaN or inf)")
+        bad = _count_nonfinite(tokens)
+        if bad:
+            raise BadTokens(video_id, shard, f"{bad} of its {tokens.size} token values are not finite (NaN or inf)")
         temporal, spatial = (t.numpy().astype(np.float16) for t in self.pool(torch.from_numpy(tokens)))
         if not (np.isfinite(temporal).all() and np.isfinite(spatial).all()):
             raise BadTokens(video_id, shard, "its pooled tokens overflow float16")
@@ -160,6 +159,12 @@ class PooledStore:
             if len(self._files) > 16:
                 self._files.popitem(last=False)[1].close()
         return self._files[path]
+
+
+def _count_nonfinite(tokens: np.ndarray) -> int:
+    if tokens.dtype == np.float16:  # all exponent bits set = inf or NaN; ~3x faster than np.isfinite on float16
+        return int(np.count_nonzero((tokens.view(np.uint16) & 0x7C00) == 0x7C00))
+    return int(tokens.size - np.count_nonzero(np.isfinite(tokens)))
 
 
 def _check_shards_exist(shards: list[Path], cache: TokenCache) -> None:
