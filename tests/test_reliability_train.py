@@ -403,3 +403,12 @@ def test_fit_to_context_boundaries():
     assert fit_to_context(chat, video_tokens=10, context=14).answer_ids == [4]
     assert fit_to_context(chat, video_tokens=10, context=13) is None  # no room for one answer token
     assert fit_to_context(chat, video_tokens=10, context=20, room=8) is None  # generation needs 8 tokens
+
+
+def test_long_rows_are_named_by_line_in_jsonl_and_by_row_in_json(tmp_path):
+    from redvillm.train.data import _row_names
+
+    jsonl, plain = tmp_path / "qa.jsonl", tmp_path / "qa.json"
+    jsonl.write_text('{"video_id": "a", "q": "?", "a": "."}\n{"video_id": "b", "q": "?", "a": "."}\n')
+    plain.write_text('[{"video_id": "a", "q": "?", "a": "."},\n {"video_id": "b", "q": "?", "a": "."}]')
+    assert _row_names(str(jsonl))(1) == "line 2" and _row_names(str(plain))(1) == "row 1"

@@ -94,12 +94,16 @@ def within_context(instructions: list[Instruction], chat: ChatFormat, video_toke
 
 
 def _row_names(source: str):
-    """How to name a row's place: JSONL by line, JSON by position in its list."""
-    with open(source, encoding="utf-8") as f:
-        head = f.read(1 << 20)
-    if first_line_is_object(head):
-        return lambda row: f"line {row + 1}"
-    return lambda row: f"row {row}"
+    """How to name a row's place: JSONL by line, JSON by position in its list (read when needed)."""
+    jsonl: list[bool] = []
+
+    def where(row: int) -> str:
+        if not jsonl:
+            with open(source, encoding="utf-8") as f:
+                jsonl.append(first_line_is_object(f.read(1 << 20)))
+        return f"line {row + 1}" if jsonl[0] else f"row {row}"
+
+    return where
 
 
 @dataclass
