@@ -167,7 +167,6 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
             micro_batches = list(islice(batches, cfg.grad_accum))
             if not micro_batches:
                 break
-            _check_samples(micro_batches)
             loss = _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, info.world_size,
                          position.step + 1, out)
             step_in_epoch += 1
@@ -216,10 +215,14 @@ def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world
     or gradient stops the run before the weights are touched."""
     batches = [b.batch.to(device) for b in micro_batches]
     local_tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in batches)
-    total = torch.tensor([local_tokens], dtype=torch.float64, device=device)
+    problems = [p for b in micro_batches for p in b.problems]
+    counts = torch.tensor([local_tokens, len(problems)], dtype=torch.float64, device=device)
     if world_size > 1:
-        dist.all_reduce(total)
-    total_tokens = max(total.item(), 1.0)
+        dist.all_reduce(counts)  # one collective: token count, and whether any rank drew a bad sample
+    if counts[1].item():
+        raise UserError(problems[0] if problems else "another rank drew a sample with non-finite pooled tokens "
+                        "(that rank's error names it)")
+    total_tokens = max(counts[0].item(), 1.0)
     loss_value = 0.0
     for i, batch in enumerate(batches):
         syncing = i == len(batches) - 1 or world_size == 1
@@ -242,12 +245,6 @@ def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_value / total_tokens
-
-
-def _check_samples(micro_batches) -> None:
-    problems = [p for b in micro_batches for p in b.problems]
-    if problems:
-        raise UserError(problems[0])
 
 
 def _stop_if_nonfinite(loss: float, grad_norm: torch.Tensor, micro_batches, step: int, world_size: int,
