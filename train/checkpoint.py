@@ -91,8 +91,10 @@ def disk_full(path: Path, needed: int, then: str = "", cleanup: Path | None = No
     except (OSError, SafetensorError) as err:
         if not _is_disk_full(err):
             raise
-        if cleanup is not None:  # a partial write only takes space
-            shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
+        if cleanup is not None and cleanup.is_dir():  # a partial write only takes space
+            shutil.rmtree(cleanup, ignore_errors=True)
+        elif cleanup is not None:
+            cleanup.unlink(missing_ok=True)
         free = shutil.disk_usage(_existing(path)).free
         raise UserError(f"{path}: no space left on the device (writing it needs about {_mb(needed)}, "
                         f"{_mb(free)} free now){then}; {fix}") from None
