@@ -10,6 +10,11 @@ LLaVA (sizes in BENCH below; B batch, T frames, N patches, D vision width):
     step, online    the same step with the vision encoder run online: encode_frames on each video's
                     T frames (decoded and resized beforehand, in memory) -> family.pool -> collate -> _step
                     ratio = online / cache: the per-step cost the cache removes
+    finite checks   the cost of refusing NaN/inf: steps/s of run_train's loop (num_workers=0, so the
+                    data-path check runs in the timed process: the worst case) with the checks and with
+                    them switched off (PooledStore.nonfinite, train.loop._stop_if_nonfinite), interleaved
+                    rounds, ratio = with / without; and the one-time check when pooling, per video, next
+                    to reading + pooling that video
     loader          a loop built like run_train's (InstructionDataset + ResumableSampler + collate in a
                     DataLoader with --workers workers, a new iterator per epoch): time blocked in
                     next(batches) vs time in _step; the first batch (worker start) apart
@@ -46,10 +51,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import h5py  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from redvillm.batching import VideoSample, collate  # noqa: E402
+from redvillm.batching import VideoSample  # noqa: E402
 from redvillm.cache import open_cache  # noqa: E402
 from redvillm.data.annotations import read_instructions  # noqa: E402
 from redvillm.data.synthetic import SyntheticConfig, generate  # noqa: E402
@@ -60,9 +66,10 @@ from redvillm.extract.pipeline import encode_frames  # noqa: E402
 from redvillm.families.registry import load_family  # noqa: E402
 from redvillm.model_io import build_video_llm  # noqa: E402
 from redvillm.train.config import TrainConfig  # noqa: E402
-from redvillm.train.data import InstructionDataset, ResumableSampler  # noqa: E402
+from redvillm.train.data import InstructionDataset, ResumableSampler, TrainItem, collate_items  # noqa: E402
+from redvillm.train import loop as train_loop  # noqa: E402
 from redvillm.train.loop import _step, run_train  # noqa: E402  (the step run_train takes)
-from redvillm.train.pooled import PooledStore  # noqa: E402
+from redvillm.train.pooled import PooledStore, _count_nonfinite  # noqa: E402
 
 # Encoder as in bench/extract.py (N = 196, D = 128); a 2-layer LLM of width 128.
 BENCH = dict(
@@ -132,14 +139,14 @@ class Trainer:
         self.dataset = InstructionDataset(self.instructions, self.llm.chat, self.pooled)
         chat = self.llm.chat
         pad_id = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.eos_id
-        self.collate = partial(collate, layout=self.llm.adapter.layout, placeholder_id=chat.placeholder_id,
+        self.collate = partial(collate_items, layout=self.llm.adapter.layout, placeholder_id=chat.placeholder_id,
                                pad_id=pad_id)
         self.optimizer = torch.optim.AdamW(self.llm.adapter.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
 
     def step(self, batch) -> float:
         return _step(self.llm, [batch], self.optimizer, self.scheduler, self.cfg, self.device,
-                     contextlib.nullcontext(), 1)
+                     contextlib.nullcontext(), 1, 1, Path(self.cfg.output))
 
     def loader(self, num_workers: int) -> tuple[DataLoader, ResumableSampler]:
         sampler = ResumableSampler(self.dataset, 1, 0, self.cfg.seed)
@@ -166,11 +173,12 @@ def online_samples(trainer: Trainer, videos: Path, cache: Path, model: Path, row
     clips = [torch.from_numpy(decode_video(videos / f"{i.video_id}.mp4", settings)[0]) for i in instructions]
     chats = [trainer.llm.chat.encode(i.question, i.answer) for i in instructions]
 
-    def encode() -> list[VideoSample]:
+    def encode() -> list[TrainItem]:
         samples = []
         for clip, chat in zip(clips, chats):  # clip: (T, 3, h, w) uint8
             tokens = encode_frames(encoder, clip, cfg.batch_size, device, dtype, preprocess)  # (T, N, D) fp16
-            samples.append(VideoSample(chat, *trainer.family.pool(torch.from_numpy(tokens))))  # (T, D), (N, D)
+            sample = VideoSample(chat, *trainer.family.pool(torch.from_numpy(tokens)))  # (T, D), (N, D)
+            samples.append(TrainItem("online", sample, None))
         return samples
 
     return encode, f"T={clips[0].shape[0]} N={encoder.num_patches} D={encoder.hidden_size}"
@@ -184,8 +192,8 @@ def measure_steps(trainer: Trainer, videos: Path, cache: Path, model: Path, args
     rows = list(first.values())[: args.batch]  # one question on each of B videos
     cached_samples = [trainer.dataset[i] for i in rows]
     encode, shape = online_samples(trainer, videos, cache, model, rows, args)
-    drift = max(float((a.temporal - b.temporal).abs().max()) for a, b in zip(cached_samples, encode()))
-    scale = max(float(s.temporal.abs().max()) for s in cached_samples)
+    drift = max(float((a.sample.temporal - b.sample.temporal).abs().max()) for a, b in zip(cached_samples, encode()))
+    scale = max(float(s.sample.temporal.abs().max()) for s in cached_samples)
     if drift > 1e-2 * scale:  # the warm-up doubles as a check that both paths see the same tokens
         raise RuntimeError(f"online pooled tokens differ from the sidecar's by {drift} (scale {scale})")
     trainer.step(trainer.collate(cached_samples))  # warm-up
@@ -236,6 +244,56 @@ def measure_batch_build(trainer: Trainer, batches: int = 8) -> dict:
     read_s, _ = timed(lambda: [trainer.pooled.get(i.video_id) for i in rows])
     return dict(build_batch_ms=1e3 * build_s / batches, chat_encode_ms_per_sample=1e3 * encode_s / len(rows),
                 pooled_get_ms_per_sample=1e3 * read_s / len(rows))
+
+
+@contextlib.contextmanager
+def checks_off():
+    """run_train's finite checks switched off: the data path's and the step's."""
+    saved = PooledStore.nonfinite, train_loop._stop_if_nonfinite
+    PooledStore.nonfinite = lambda self, *args: None
+    train_loop._stop_if_nonfinite = lambda *args: None
+    try:
+        yield
+    finally:
+        PooledStore.nonfinite, train_loop._stop_if_nonfinite = saved
+
+
+def measure_checks(trainer: Trainer, cache_path: Path, args, rounds: int = 12, steps: int = 2) -> dict:
+    """steps/s with and without the finite checks, in alternating short rounds of the same loop;
+    and the checks timed alone, as a share of a step (steadier than the end-to-end ratio on a
+    busy machine)."""
+    loader, sampler = trainer.loader(0)
+    rates = {"with": [], "without": []}
+    for r in range(rounds):
+        for arm in (("with", "without") if r % 2 == 0 else ("without", "with")):
+            sampler.set_position(r, 0)
+            with checks_off() if arm == "without" else contextlib.nullcontext():
+                batches = iter(loader)
+                seconds, done = timed(lambda: sum(1 for _ in map(trainer.step, islice(batches, steps))))
+            rates[arm].append(done / seconds)
+    items = [trainer.dataset[i] for i in range(args.batch)]
+    repeats = 50
+    data_s, _ = timed(lambda: [trainer.pooled.nonfinite(i.video_id, i.sample.temporal, i.sample.spatial)
+                               for _ in range(repeats) for i in items])
+    batch, norm = trainer.collate(items), torch.tensor(1.0)
+    step_s, _ = timed(lambda: [train_loop._stop_if_nonfinite(1.0, norm, [batch], 1, 1, Path("unused"))
+                               for _ in range(repeats)])
+    cache = open_cache(cache_path)
+    ids = list(cache)[: min(len(cache), 16)]
+    read_s, tokens = timed(lambda: [read_and_pool(trainer, cache, v) for v in ids])
+    check_s, _ = timed(lambda: [_count_nonfinite(t) for t in tokens])
+    with_rate, without_rate = statistics.median(rates["with"]), statistics.median(rates["without"])
+    check_ms = 1e3 * (data_s + step_s) / repeats
+    return dict(with_steps_per_s=with_rate, without_steps_per_s=without_rate, ratio=with_rate / without_rate,
+                rounds=rounds, steps_per_round=steps, check_ms_per_step=check_ms,
+                check_share=check_ms / (1e3 / without_rate),
+                pool_check_ms_per_video=1e3 * check_s / len(ids), read_pool_ms_per_video=1e3 * read_s / len(ids))
+
+
+def read_and_pool(trainer: Trainer, cache, video_id: str) -> np.ndarray:
+    tokens = cache[video_id]  # (T, N, D) float16
+    trainer.family.pool(torch.from_numpy(tokens))
+    return tokens
 
 
 @contextlib.contextmanager
@@ -395,6 +453,16 @@ def report(results: dict, args) -> None:
     table.add_row("batch build, in-process", f"{lo['build_batch_ms']:.1f} ms",
                   f"num_workers=0: chat.encode {lo['chat_encode_ms_per_sample']:.2f} + pooled.get "
                   f"{lo['pooled_get_ms_per_sample']:.2f} ms per sample, + collate")
+    ch = results["checks"]
+    table.add_row("steps/s, finite checks on", f"{ch['with_steps_per_s']:.2f}", f"num_workers=0 (worst case); "
+                  f"off: {ch['without_steps_per_s']:.2f} steps/s (median of {ch['rounds']} interleaved rounds)")
+    table.add_row("[bold]on / off", f"[bold]x{ch['ratio']:.3f}", f"{ch['rounds']} rounds of "
+                  f"{ch['steps_per_round']} steps each way; goal ~1")
+    table.add_row("[bold]checks alone, per step", f"[bold]{ch['check_ms_per_step']:.3f} ms",
+                  f"{100 * ch['check_share']:.2f} % of a step without them (B={args.batch} samples' data check + "
+                  "the step's loss/gradient check)")
+    table.add_row("pooling check, per video", f"{ch['pool_check_ms_per_video']:.2f} ms",
+                  f"once per video; reading + pooling it: {ch['read_pool_ms_per_video']:.2f} ms")
     shape = by["shape"]
     pooled, raw = by["pooled"], by["raw"]
     table.add_row("bytes/sample, pooled", f"{pooled['array_bytes']:,.0f}", f"(T+N)*D*2 = {by['formula_pooled']:,}; "
@@ -461,6 +529,7 @@ def main(argv=None) -> None:
         phases["setup"] = time.perf_counter() - started
         results = {}
         for name, measure in (("bytes", lambda: measure_bytes(trainer, cache)),
+                              ("checks", lambda: measure_checks(trainer, cache, args)),
                               ("loader", lambda: measure_loader(trainer, args)),  # before the encoder loads
                               ("steps", lambda: measure_steps(trainer, videos, cache, model, args)),
                               ("rss", lambda: measure_rss(root, cache, model, questions, args))):

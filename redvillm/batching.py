@@ -22,6 +22,31 @@ class VideoSample:
     spatial: torch.Tensor  # (N, D) mean over time
 
 
+def context_length(backbone_config, tokenizer) -> int:
+    """How many tokens (prompt, video tokens and answer together) the backbone can take."""
+    limits = [getattr(backbone_config.get_text_config(), "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    limits = [int(n) for n in limits if n is not None and 0 < n < 10**8]  # tokenizers say 1e30 for "unset"
+    if not limits:
+        raise ValueError("the backbone states no context length (max_position_embeddings)")
+    return min(limits)
+
+
+def fit_to_context(chat: EncodedChat, video_tokens: int, context: int, room: int = 1) -> EncodedChat | None:
+    """`chat` cut to fit in `context` tokens once its placeholder becomes `video_tokens` tokens.
+
+    None when the prompt alone leaves fewer than `room` tokens (training: one answer token;
+    generation: the tokens to generate): such a row cannot be used. Otherwise the answer is cut
+    at the end to fit (a cut answer loses its end-of-turn token). Callers count both cases.
+    """
+    prompt = len(chat.prompt_ids) - 1 + video_tokens
+    if prompt + room > context:
+        return None
+    if prompt + len(chat.answer_ids) <= context:
+        return chat
+    return EncodedChat(chat.prompt_ids, chat.answer_ids[: context - prompt], chat.placeholder_at)
+
+
 def collate(samples: list[VideoSample], layout: VideoLayout, placeholder_id: int, pad_id: int,
             padding_side: str = "right", with_labels: bool = True) -> VideoBatch:
     """Right padding for training; left padding for batched generation."""

@@ -6,14 +6,19 @@
         trainer_state.json      step, epoch, position in the epoch, scheduler, param groups,
                                 config fingerprint
         rng.safetensors         torch (and CUDA) RNG states
+    OUTPUT/checkpoints/step-0000500.1/  the same step saved again (the final save, a resumed
+                                finished run) while step-0000500 is still the one `latest` names
     OUTPUT/checkpoints/latest   the name of the newest complete checkpoint (replaced atomically)
 
-A checkpoint directory is complete before `latest` names it, so a kill at any moment leaves the
-previous checkpoint usable; older directories are removed after the pointer moves.
+A checkpoint directory is written and fsynced under a temporary name and renamed before `latest`
+names it, and no checkpoint is removed before `latest` has moved off it, so a kill at any moment
+leaves `latest` naming a complete checkpoint; older directories are removed after the pointer moves.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 
 from redvillm.errors import UserError
 
@@ -38,27 +45,122 @@ def exists(directory: Path) -> bool:
 
 
 def save(directory: Path, adapter, optimizer, scheduler, position: Position, fingerprint: dict) -> Path:
+    """Write a complete checkpoint, then point `latest` at it, then remove the older ones.
+
+    The checkpoint `latest` names is never touched before the pointer has moved: when this step
+    was saved already (the final save, or a resumed finished run), the new one goes to a second
+    name, so a kill at any moment leaves `latest` naming a complete checkpoint.
+    """
+    weights = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    for name, value in weights.items():
+        if not bool(torch.isfinite(value).all()):  # the loop stops before this; never write one
+            raise UserError(f"{directory}: refusing to save a checkpoint whose weight {name} is not finite; "
+                            "--resume continues from the last good checkpoint")
     root = directory / "checkpoints"
-    target = root / f"step-{position.step:07d}"
-    tmp = root / f".tmp-step-{position.step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, tmp / "adapter.safetensors")
-    tensors, groups = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, tmp / "optimizer.safetensors")
-    save_file(_rng_state(), tmp / "rng.safetensors")
-    state = {"position": vars(position), "scheduler": _jsonable(scheduler.state_dict()),
-             "param_groups": groups, "fingerprint": fingerprint}
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    pointer = root / ".latest.tmp"
-    pointer.write_text(target.name)
-    os.replace(pointer, root / "latest")
+    current = _latest_name(root)
+    target = _free_target(root, position.step, current)
+    tmp = root / f".tmp-{target.name}"
+    moments, groups = _flatten_optimizer(optimizer.state_dict())
+    state = {"position": vars(position), "scheduler": _jsonable(scheduler.state_dict()), "param_groups": groups,
+             "fingerprint": fingerprint}
+    files = {"adapter.safetensors": weights, "optimizer.safetensors": moments, "rng.safetensors": _rng_state()}
+    needed = sum(t.numel() * t.element_size() for tensors in files.values() for t in tensors.values()) + 2**16
+    with disk_full(tmp, needed, f"; {_kept(current)}", cleanup=tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, tensors in files.items():
+            _write_bytes(tmp / name, serialize(tensors))
+        _write_bytes(tmp / "trainer_state.json", json.dumps(state, indent=1).encode())
+        shutil.rmtree(target, ignore_errors=True)  # never `current`: a leftover of an earlier kill
+        os.replace(tmp, target)
+        _write_bytes(root / ".latest.tmp", target.name.encode())
+        os.replace(root / ".latest.tmp", root / "latest")
+        _sync_dir(root)
     for old in root.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def disk_full(path: Path, needed: int, then: str = "", cleanup: Path | None = None,
+              fix: str = "free space, then rerun with --resume"):
+    """Turn "no space left" while writing `path` into one line naming it and the space needed."""
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        if not _is_disk_full(err):
+            raise
+        if cleanup is not None and cleanup.is_dir():  # a partial write only takes space
+            shutil.rmtree(cleanup, ignore_errors=True)
+        elif cleanup is not None:
+            cleanup.unlink(missing_ok=True)
+        free = shutil.disk_usage(_existing(path)).free
+        raise UserError(f"{path}: no space left on the device (writing it needs about {_mb(needed)}, "
+                        f"{_mb(free)} free now){then}; {fix}") from None
+
+
+def _is_disk_full(err: Exception) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)  # safetensors reports the OS error in its message only
+    return any(mark in text for mark in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT),
+                                         f"os error {errno.ENOSPC})", f"os error {errno.EDQUOT})"))
+
+
+def kept_line(directory: Path) -> str:
+    return _kept(_latest_name(directory / "checkpoints"))
+
+
+def _kept(current: str | None) -> str:
+    return f"the last complete checkpoint ({current}) is kept" if current else "no checkpoint was written yet"
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def latest_step(directory: Path) -> int | None:
+    """The step of the checkpoint `latest` names, or None when there is none."""
+    name = _latest_name(directory / "checkpoints")
+    return int(name.split("-")[1].split(".")[0]) if name else None
+
+
+def _latest_name(root: Path) -> str | None:
+    try:
+        return (root / "latest").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _free_target(root: Path, step: int, current: str | None) -> Path:
+    """`step-N`, or `step-N.1` when `step-N` is the checkpoint `latest` names (and vice versa)."""
+    for name in (f"step-{step:07d}", f"step-{step:07d}.1"):
+        if name != current:
+            return root / name
+    raise AssertionError("unreachable: two names, one current")
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and fsync, so a renamed checkpoint is complete on disk, not only in the page cache."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load(directory: Path, adapter, optimizer, scheduler, fingerprint: dict, device: torch.device) -> Position:
@@ -66,6 +168,9 @@ def load(directory: Path, adapter, optimizer, scheduler, fingerprint: dict, devi
     if not (root / "latest").is_file():
         raise UserError(f"{directory}: no checkpoint to resume from; run without --resume to start")
     path = root / (root / "latest").read_text().strip()
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"{root / 'latest'}: names {path.name}, which is missing or incomplete (an older redvillm "
+                        "was killed while saving); start the run again with --overwrite")
     state = json.loads((path / "trainer_state.json").read_text())
     differs = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
     if differs:

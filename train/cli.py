@@ -39,7 +39,8 @@ from redvillm.extract.config import DEFAULT_MODEL
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --output (if any); "
               "a finished run is left as it is.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --output first.")
-@click.option("--strict", is_flag=True, help="Annotation rows whose video is not cached are an error.")
+@click.option("--strict", is_flag=True, help="Annotation rows whose video is not cached, or whose video's tokens "
+              "are unusable (unreadable, NaN/inf), are an error instead of being skipped with a count.")
 @click.option("--num-workers", default=2, help="DataLoader workers.")
 @click.option("--pooled-dir", default=None, help="Where the pooled sidecar goes (default: CACHE.pooled/).")
 @click.option("--log-every", default=10)
@@ -66,6 +67,15 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
         if plan.skipped_rows:
             console.print(f"[yellow]skipped {plan.skipped_rows} rows whose video is not in the cache "
                           f"(first: {', '.join(plan.skipped_examples)})")
+        if plan.bad_videos:
+            console.print(f"[yellow]skipped {len(plan.bad_videos)} videos with unusable tokens (listed in "
+                          f"{cfg.output}/skipped.json; first: {plan.bad_videos[0]})", highlight=False)
+        for rows, what in ((plan.long_rows.skipped, "left out: the prompt and video tokens alone exceed"),
+                           (plan.long_rows.truncated, "answer cut to fit")):
+            if rows:
+                console.print(f"[yellow]{len(rows)} rows {what} the backbone's context of {plan.context} tokens "
+                              f"(listed in {cfg.output}/skipped.json; first: {cfg.annotations}: {rows[0]['where']})",
+                              highlight=False)
         task["id"] = bar.add_task("train", total=plan.total_steps, completed=plan.start_step, status="")
 
     def progress(event) -> None:
@@ -77,6 +87,9 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
     table = Table(title=f"redvillm-train -> {summary.output}", show_header=False)
     for name, value in [("optimizer steps", summary.steps),
                         ("loss, first step", _fmt(summary.first_loss)), ("loss, last step", _fmt(summary.last_loss)),
+                        ("videos skipped (unusable tokens)", summary.skipped_videos),
+                        ("rows left out (longer than the context)", summary.rows_too_long),
+                        ("answers cut to the context", summary.answers_cut),
                         ("seconds", f"{summary.seconds:.1f}"),
                         ("load it with", f"from redvillm import load_model; model = load_model({str(summary.output)!r})")]:
         table.add_row(name, str(value))

@@ -33,7 +33,7 @@ class TrainConfig:
     save_every: int = 500  # optimizer steps between checkpoints
     resume: bool = False  # continue from the latest checkpoint in output, if there is one
     overwrite: bool = False  # delete an existing run in output first
-    strict: bool = False  # annotation rows without a cached video are an error, not a skip
+    strict: bool = False  # rows without a cached video or with unusable tokens (unreadable, NaN/inf): error
     num_workers: int = 2  # DataLoader workers
     pooled_dir: str | None = None  # pooled sidecar; default: CACHE.pooled/ beside the cache
     log_every: int = 10

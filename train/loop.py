@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -25,19 +26,22 @@ from torch.utils.data import DataLoader
 
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
-from redvillm.batching import collate
+from redvillm.batching import context_length
 from redvillm.cache import open_cache
 from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
+from redvillm.journal import append_journal, read_journal
 from redvillm.families.registry import family_for_cache
-from redvillm.model_io import VideoModelConfig, build_video_llm, save_adapter, write_json
+from redvillm.model_io import ADAPTER_FILE, VideoModelConfig, build_video_llm, save_adapter, write_json
 from redvillm.train import checkpoint
 from redvillm.train.config import TrainConfig
-from redvillm.train.data import InstructionDataset, ResumableSampler, usable
+from redvillm.train.data import (InstructionDataset, LongRows, ResumableSampler, collate_items, usable, within_context,
+                                 without_bad_videos)
 from redvillm.train.pooled import PooledStore
 
 log = logging.getLogger(__name__)
 LOG_FILE = "train_log.jsonl"
+SKIPPED_FILE = "skipped.json"  # what the run left out: unusable videos (id, shard, why, rows), missing ones
 
 
 @dataclass
@@ -54,6 +58,9 @@ class TrainPlan:
     steps_per_epoch: int
     total_steps: int
     start_step: int
+    bad_videos: list = field(default_factory=list)  # BadTokens of the skipped videos
+    long_rows: LongRows = field(default_factory=lambda: LongRows([], []))  # longer than the context
+    context: int = 0  # tokens the backbone takes
 
 
 @dataclass
@@ -74,6 +81,9 @@ class TrainSummary:
     last_loss: float | None
     seconds: float
     losses: list[float] = field(default_factory=list)
+    skipped_videos: int = 0  # videos whose tokens were unusable (listed in skipped.json)
+    rows_too_long: int = 0  # rows left out: prompt and video tokens alone exceed the context
+    answers_cut: int = 0  # rows whose answer was cut to fit the context
 
 
 def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
@@ -96,6 +106,11 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     pooled = PooledStore(cache, family.pool, family.name, cfg.pooled_dir)
     pooled.build({i.video_id for i in instructions}, info.rank, info.world_size)
     distributed.barrier()  # every rank's pooled files exist before anyone reads them
+    bad = pooled.bad_videos({i.video_id for i in instructions})
+    instructions, bad_rows = without_bad_videos(instructions, bad, cfg.annotations, cfg.strict)
+    skipped = {"bad_videos": [{"video_id": v, "shard": bad[v].shard, "why": bad[v].why, "rows": n}
+                              for v, n in sorted(bad_rows.items())],
+               "rows_without_cached_video": sum(missing.values())}
 
     llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, device, dtype, cfg.revision, cfg.seed)
     if cfg.gradient_checkpointing:
@@ -103,13 +118,20 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     if info.world_size > 1:
         llm.adapter_forward = DistributedDataParallel(llm.adapter, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = InstructionDataset(instructions, llm.chat, pooled)
+    context = context_length(llm.backbone.config, llm.chat.tokenizer)
+    video_tokens = llm.adapter.layout.num_video_tokens(cache.info["num_frames"],
+                                                       pooled.get(instructions[0].video_id)[1].shape[0])
+    instructions, long_rows = within_context(instructions, llm.chat, video_tokens, context, cfg.annotations)
+    skipped.update(rows_longer_than_context=long_rows.skipped, rows_answer_cut_to_context=long_rows.truncated,
+                   context_tokens=context)
+    dataset = InstructionDataset(instructions, llm.chat, pooled, video_tokens, context)
     sampler = ResumableSampler(dataset, info.world_size, info.rank, cfg.seed)
     micro = cfg.micro_batch_size(info.world_size)
     pad_id = llm.chat.tokenizer.pad_token_id if llm.chat.tokenizer.pad_token_id is not None else llm.chat.eos_id
     loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=partial(collate, layout=llm.adapter.layout, placeholder_id=llm.chat.placeholder_id,
-                                           pad_id=pad_id), persistent_workers=cfg.num_workers > 0,
+                        collate_fn=partial(collate_items, layout=llm.adapter.layout,
+                                           placeholder_id=llm.chat.placeholder_id, pad_id=pad_id),
+                        persistent_workers=cfg.num_workers > 0,
                         pin_memory=device.type == "cuda")
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / info.world_size / micro) / cfg.grad_accum)
     total_steps = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
@@ -122,12 +144,14 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
         position = checkpoint.load(out, llm.adapter, optimizer, scheduler, fingerprint, device)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "train_config.json", cfg.to_dict())
+        with checkpoint.disk_full(out, 2**16):
+            write_json(out / "train_config.json", cfg.to_dict())
+            write_json(out / SKIPPED_FILE, skipped)
         _trim_log(out / LOG_FILE, position.step)
     if announce:
         announce(TrainPlan(len(instructions), len({i.video_id for i in instructions}), sum(missing.values()),
                            list(missing)[:5], llm.trainable_parameters(), micro, info.world_size, steps_per_epoch,
-                           total_steps, position.step))
+                           total_steps, position.step, [bad[v] for v in bad_rows], long_rows, context))
 
     losses = []
     autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32 \
@@ -143,17 +167,20 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
             micro_batches = list(islice(batches, cfg.grad_accum))
             if not micro_batches:
                 break
-            loss = _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, info.world_size)
+            loss = _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, info.world_size,
+                         position.step + 1, out)
             step_in_epoch += 1
             position = checkpoint.Position(position.step + 1, epoch, step_in_epoch)
-            samples_seen += sum(b.input_ids.shape[0] for b in micro_batches) * info.world_size
-            tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches) * info.world_size
+            samples_seen += sum(b.batch.input_ids.shape[0] for b in micro_batches) * info.world_size
+            tokens_seen += sum(int(b.batch.attention_mask.sum()) for b in micro_batches) * info.world_size
             losses.append(loss)
             elapsed = max(time.perf_counter() - step_started, 1e-9)
             rate, lr = samples_seen / elapsed, scheduler.get_last_lr()[0]
             if info.is_main and (position.step % cfg.log_every == 0 or position.step == total_steps):
-                _append_log(out / LOG_FILE, {"step": position.step, "epoch": epoch, "loss": loss, "lr": lr,
-                                             "samples_per_s": rate, "tokens_per_s": tokens_seen / elapsed})
+                record = {"step": position.step, "epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": rate,
+                          "tokens_per_s": tokens_seen / elapsed}
+                with checkpoint.disk_full(out / LOG_FILE, 4096, f"; {checkpoint.kept_line(out)}"):
+                    append_journal(out / LOG_FILE, [record], sync=False)
             if progress:
                 progress(TrainProgress(position.step, total_steps, epoch, loss, lr, rate))
             stop = should_stop is not None and should_stop(position.step)
@@ -162,7 +189,8 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
                     checkpoint.save(out, llm.adapter, optimizer, scheduler, position, fingerprint)
                 distributed.barrier()
             if stop:
-                return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses)
+                return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started,
+                                    losses, len(bad_rows), len(long_rows.skipped), len(long_rows.truncated))
         if position.step >= total_steps:
             break
         position = checkpoint.Position(position.step, epoch + 1, 0)
@@ -172,39 +200,78 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
         config = VideoModelConfig(cfg.model, family.revision, family.name, cfg.pooling, cfg.temporal_module,
                                   cache.info["num_frames"], cache.info["num_patches"], cache.info["hidden_size"],
                                   cfg.seed, extra={"train": cfg.to_dict(), "cache": cache.info})
-        save_adapter(llm, out, config)
+        adapter_bytes = sum(v.numel() * v.element_size() for v in llm.adapter.state_dict().values())
+        with checkpoint.disk_full(out / ADAPTER_FILE, adapter_bytes, f"; {checkpoint.kept_line(out)}",
+                                  cleanup=out / f".{ADAPTER_FILE}.tmp"):
+            save_adapter(llm, out, config)
     distributed.barrier()
-    return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses)
+    return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses,
+                        len(bad_rows), len(long_rows.skipped), len(long_rows.truncated))
 
 
-def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world_size) -> float:
+def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world_size, step, out) -> float:
     """One optimizer step over grad_accum micro-batches; the loss is the mean over every answer
-    token of the global batch (summed per rank, divided by the global count)."""
-    micro_batches = [b.to(device) for b in micro_batches]
-    local_tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in micro_batches)
-    total = torch.tensor([local_tokens], dtype=torch.float64, device=device)
+    token of the global batch (summed per rank, divided by the global count). A non-finite loss
+    or gradient stops the run before the weights are touched."""
+    batches = [b.batch.to(device) for b in micro_batches]
+    local_tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in batches)
+    problems = [p for b in micro_batches for p in b.problems]
+    counts = torch.tensor([local_tokens, len(problems)], dtype=torch.float64, device=device)
     if world_size > 1:
-        dist.all_reduce(total)
-    total_tokens = max(total.item(), 1.0)
+        dist.all_reduce(counts)  # one collective: token count, and whether any rank drew a bad sample
+    if counts[1].item():
+        raise UserError(problems[0] if problems else "another rank drew a sample with non-finite pooled tokens "
+                        "(that rank's error names it)")
+    total_tokens = max(counts[0].item(), 1.0)
     loss_value = 0.0
-    for i, batch in enumerate(micro_batches):
-        syncing = i == len(micro_batches) - 1 or world_size == 1
+    for i, batch in enumerate(batches):
+        syncing = i == len(batches) - 1 or world_size == 1
         sync = contextlib.nullcontext() if syncing else llm.adapter_forward.no_sync()
         with sync, autocast:
             loss_sum, _ = llm.loss_terms(batch)
             # DDP averages gradients over ranks; scaling by world size turns that into a sum.
             (loss_sum * world_size / total_tokens).backward()
         loss_value += loss_sum.item()
-    if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(llm.adapter.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     if world_size > 1:
         summed = torch.tensor([loss_value], dtype=torch.float64, device=device)
         dist.all_reduce(summed)
         loss_value = summed.item()
+    parameters = list(llm.adapter.parameters())
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    _stop_if_nonfinite(loss_value / total_tokens, grad_norm, micro_batches, step, world_size, out)
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(parameters, cfg.max_grad_norm, grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
     return loss_value / total_tokens
+
+
+def _stop_if_nonfinite(loss: float, grad_norm: torch.Tensor, micro_batches, step: int, world_size: int,
+                       out: Path) -> None:
+    """Raise, naming the step and the batch's videos, if the loss or the gradient is not finite.
+
+    Every rank sees the same all-reduced loss and synchronised gradients, so all raise together."""
+    norm = grad_norm.item()
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    video_ids = _gather([v for b in micro_batches for v in b.video_ids], world_size)
+    shown = ", ".join(sorted(set(video_ids))[:8]) + (" ..." if len(set(video_ids)) > 8 else "")
+    latest = checkpoint.latest_step(out)
+    kept = (f"the last good checkpoint (step {latest}) stays the latest; fix the cause (those videos' tokens, a "
+            "lower --lr) and --resume from it" if latest is not None else
+            "no checkpoint was written before it; fix the cause (those videos' tokens, a lower --lr) and rerun")
+    raise UserError(f"{out}: step {step}: loss {loss} / gradient norm {norm} is not finite on the batch of "
+                    f"videos {shown}; training stopped before updating any weight, {kept}")
+
+
+def _gather(video_ids: list[str], world_size: int) -> list[str]:
+    """Every rank's video ids (a collective: every rank calls it)."""
+    if world_size == 1:
+        return video_ids
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, video_ids)
+    return [v for ids in gathered for v in ids]
 
 
 def _warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -254,17 +321,17 @@ def _fingerprint(cfg: TrainConfig, world_size: int, samples: int) -> dict:
     return {**{k: getattr(cfg, k) for k in keys}, "world_size": world_size, "samples": samples}
 
 
-def _append_log(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _trim_log(path: Path, step: int) -> None:
-    """On resume, drop log lines of steps after the checkpoint: they are trained again."""
+    """On resume, drop log records of steps after the checkpoint (they are trained again) and a
+    line torn by a kill mid-write; the file is replaced atomically."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = [record for record in read_journal(path) if record.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    append_journal(tmp, kept)
+    tmp.touch()
+    os.replace(tmp, path)
 
 
 def _first(values):

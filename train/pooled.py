@@ -5,18 +5,22 @@ T = 100: 1.4 MB instead of 118 MB). Pooling is linear and cheap, so it is done o
 and written beside the cache, one file per cache shard:
 
     CACHE.pooled/<shard name>.h5
-      attrs  source_size, source_mtime_ns (of the cache shard), family, format_version
+      attrs  source_size, source_mtime_ns (of the cache shard), family, format_version,
+             bad = JSON {video_id: why}: videos of the shard whose tokens could not be used
+             (unreadable, or not finite: a NaN would poison every weight it reaches)
       temporal/<video_id>  (T, D) float16   mean over patches (the family's spatial pooling)
       spatial/<video_id>   (N, D) float16   mean over frames (temporal pooling)
 
-Each file is written under a temporary name and renamed, and rebuilt if its cache shard
-changed. Ablations over pooling / temporal module share it. Memory: nothing is kept in RAM
+Only finite values are ever written. Each file is written under a temporary name and renamed,
+and rebuilt if its cache shard changed or it was made by a format version without the
+finite check. Ablations over pooling / temporal module share it. Memory: nothing is kept in RAM
 but the open file handles; the page cache keeps hot videos.
 Shape letters: T frames, N patches, D vision width.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,10 +30,11 @@ import h5py
 import numpy as np
 import torch
 
-from redvillm.cache import TokenCache, shards_dir
+from redvillm.cache import BadTokens, TokenCache, shards_dir
 from redvillm.errors import UserError
+from redvillm.train.checkpoint import disk_full
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokens checked finite, bad videos listed (v1 files are rebuilt)
 
 
 class PooledStore:
@@ -52,13 +57,35 @@ class PooledStore:
             raise UserError(f"{self.dir}: cannot create the pooled sidecar ({err.strerror}); "
                             "pass --pooled-dir to put it somewhere writable") from None
         shards = sorted({self.cache.shard_path(v) for v in video_ids})
+        _check_shards_exist(shards, self.cache)
         # Split all shards, not the stale ones: ranks look at freshness at different moments.
         mine = shards[rank::world]
+        stale = [shard for shard in mine if not self._fresh(shard)]
+        members = self._videos_by_shard(set(stale))
         for done, shard in enumerate(mine, 1):
-            if not self._fresh(shard):
-                self._pool_shard(shard)
+            if shard in members:
+                self._pool_shard(shard, members[shard])
             if progress:
                 progress(done, len(mine))
+
+    def bad_videos(self, video_ids: set[str]) -> dict[str, BadTokens]:
+        """Those of `video_ids` whose tokens were found unusable when their shard was pooled."""
+        bad = {}
+        for shard in sorted({self.cache.shard_path(v) for v in video_ids}):
+            with h5py.File(self.pooled_path(shard), "r") as f:
+                for video_id, why in json.loads(f.attrs["bad"]).items():
+                    if video_id in video_ids:
+                        bad[video_id] = BadTokens(video_id, shard, why)
+        return bad
+
+    def _videos_by_shard(self, shards: set[Path]) -> dict[Path, list[str]]:
+        members: dict[Path, list[str]] = {shard: [] for shard in shards}
+        if shards:
+            for video_id in self.cache:
+                shard = self.cache.shard_path(video_id)
+                if shard in members:
+                    members[shard].append(video_id)
+        return members
 
     def _fresh(self, shard: Path) -> bool:
         path = self.pooled_path(shard)
@@ -72,18 +99,42 @@ class PooledStore:
         except (OSError, KeyError):
             return False
 
-    def _pool_shard(self, shard: Path) -> None:
-        stat = shard.stat()
+    def _pool_shard(self, shard: Path, video_ids: list[str]) -> None:
+        info = self.cache.info
+        needed = len(video_ids) * (info["num_frames"] + info["num_patches"]) * info["hidden_size"] * 2  # float16
         tmp = self.dir / f".tmp-{os.getpid()}-{shard.name}"
-        with h5py.File(shard, "r") as source, h5py.File(tmp, "w") as out:
+        with disk_full(self.pooled_path(shard), needed, cleanup=tmp,
+                       fix="free space or pass --pooled-dir to put the sidecar elsewhere, then rerun"):
+            self._write_pooled(shard, video_ids, tmp)
+        os.replace(tmp, self.pooled_path(shard))
+
+    def _write_pooled(self, shard: Path, video_ids: list[str], tmp: Path) -> None:
+        stat = shard.stat()
+        bad = {}
+        with h5py.File(tmp, "w") as out:
             out.attrs.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns, family=self.family,
                              format_version=FORMAT_VERSION)
             temporal_group, spatial_group = out.create_group("temporal"), out.create_group("spatial")
-            for video_id, dataset in source["videos"].items():
-                temporal, spatial = self.pool(torch.from_numpy(dataset[()]))  # (T, D), (N, D)
-                temporal_group.create_dataset(video_id, data=temporal.numpy().astype(np.float16))
-                spatial_group.create_dataset(video_id, data=spatial.numpy().astype(np.float16))
-        os.replace(tmp, self.pooled_path(shard))
+            for video_id in video_ids:
+                try:
+                    temporal, spatial = self._pool_video(video_id, shard)
+                except BadTokens as err:
+                    bad[video_id] = err.why
+                    continue
+                temporal_group.create_dataset(video_id, data=temporal)
+                spatial_group.create_dataset(video_id, data=spatial)
+            out.attrs["bad"] = json.dumps(bad, sort_keys=True)
+
+    def _pool_video(self, video_id: str, shard: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(temporal (T, D), spatial (N, D)) float16, finite; BadTokens otherwise."""
+        tokens = self.cache[video_id]  # (T, N, D) float16; the reader raises BadTokens itself too
+        bad = _count_nonfinite(tokens)
+        if bad:
+            raise BadTokens(video_id, shard, f"{bad} of its {tokens.size} token values are not finite (NaN or inf)")
+        temporal, spatial = (t.numpy().astype(np.float16) for t in self.pool(torch.from_numpy(tokens)))
+        if not (np.isfinite(temporal).all() and np.isfinite(spatial).all()):
+            raise BadTokens(video_id, shard, "its pooled tokens overflow float16")
+        return temporal, spatial
 
     def get(self, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(temporal (T, D), spatial (N, D)) float32 for one video."""
@@ -91,6 +142,14 @@ class PooledStore:
         temporal = torch.from_numpy(f["temporal"][video_id][()]).float()
         spatial = torch.from_numpy(f["spatial"][video_id][()]).float()
         return temporal, spatial
+
+    def nonfinite(self, video_id: str, temporal: torch.Tensor, spatial: torch.Tensor) -> str | None:
+        """Why these pooled tokens (from `get`) must not be trained on, or None."""
+        if bool(torch.isfinite(temporal).all()) and bool(torch.isfinite(spatial).all()):
+            return None
+        path = self.pooled_path(self.cache.shard_path(video_id))
+        return (f"{path}: pooled tokens of video {video_id!r} are not finite (the file was changed after it was "
+                "built); delete it and rerun to rebuild it from the cache")
 
     def _file(self, path: Path) -> h5py.File:
         if os.getpid() != self._pid:  # a DataLoader worker: open its own handles
@@ -100,3 +159,17 @@ class PooledStore:
             if len(self._files) > 16:
                 self._files.popitem(last=False)[1].close()
         return self._files[path]
+
+
+def _count_nonfinite(tokens: np.ndarray) -> int:
+    if tokens.dtype == np.float16:  # all exponent bits set = inf or NaN; ~3x faster than np.isfinite on float16
+        return int(np.count_nonzero((tokens.view(np.uint16) & 0x7C00) == 0x7C00))
+    return int(tokens.size - np.count_nonzero(np.isfinite(tokens)))
+
+
+def _check_shards_exist(shards: list[Path], cache: TokenCache) -> None:
+    missing = [shard for shard in shards if not shard.is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise UserError(f"{missing[0]}{more}: cache shard is missing (listed in {cache.path}); rerun the same "
+                        "redvillm-extract command to re-extract its videos")
