@@ -21,7 +21,7 @@ from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings
-from redvillm.extract.store import CacheStore, Failure
+from redvillm.extract.store import CacheStore, Failure, nonfinite_reason
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
 
@@ -124,17 +124,23 @@ def _partition(cfg: ExtractConfig, dist_info) -> tuple[int, int]:
 def _handle(result: DecodeResult, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess):
     job = result.job
     if result.error is not None:
-        failure = Failure.of(job.video_id, job.path, result.error)
-        store.record_failure(summary.rank, failure)
-        summary.failures.append(failure)
-        log.info("%s: %s", job.path, result.error)  # shown in the summary
-        return
+        return _fail(job, result.error, store, summary)
     tokens = encode_frames(encoder, torch.from_numpy(result.frames), cfg.batch_size, device, dtype, preprocess)
+    why = nonfinite_reason(tokens)  # after the float16 cast: an overflow there is an inf too
+    if why is not None:
+        return _fail(job, why, store, summary)
     attrs = dict(result.meta, path=str(job.path))
     if writer.add(job.video_id, tokens, attrs) is not None and dist_info.is_main:
         store.write_index(cfg.to_dict())  # readers see progress shard by shard
     summary.extracted += 1
     summary.frames += tokens.shape[0]
+
+
+def _fail(job: DecodeJob, reason: str, store: CacheStore, summary: ExtractSummary) -> None:
+    failure = Failure.of(job.video_id, job.path, reason)
+    store.record_failure(summary.rank, failure)
+    summary.failures.append(failure)
+    log.info("%s: %s", job.path, reason)  # shown in the summary
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,

@@ -12,7 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from redvillm.cache import FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, shards_dir
+from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, all_finite,
+                            count_nonfinite, dataset_name, shard_videos, shards_dir)
 from redvillm.errors import UserError
 
 _SHARD_NAME = re.compile(r"^r(\d{3})-(\d{5})\.h5$")
@@ -95,7 +96,7 @@ class CacheStore:
         done: set[str] = set()
         for path in self.complete_shards():
             with h5py.File(path, "r") as f:
-                done.update(f["videos"].keys())
+                done.update(shard_videos(f))
         return done
 
     def failures(self) -> dict[str, Failure]:
@@ -124,24 +125,27 @@ class CacheStore:
 
     def write_index(self, extract_config: dict) -> int:
         """Rebuild OUT.h5 from the complete shards (atomically); returns the video count."""
-        shard_names, ids, shard_of = [], [], []
+        shard_names, ids, names, shard_of = [], [], [], []
         seen: set[str] = set()
         for position, path in enumerate(self.complete_shards()):
             shard_names.append(path.name)
             with h5py.File(path, "r") as f:
-                for video_id in f["videos"].keys():
+                for video_id, name in shard_videos(f).items():
                     if video_id not in seen:  # only two concurrent runs on one OUT could duplicate
                         seen.add(video_id)
                         ids.append(video_id)
+                        names.append(name)
                         shard_of.append(position)
         order = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.array([], int)
+        keys = [dataset_name(video_id) for video_id in ids]
         tmp = self.index_path.with_name(f".{self.index_path.name}.tmp-{os.getpid()}")
         string = h5py.string_dtype()
         with h5py.File(tmp, "w") as f:
             _write_header(f, self.info)
             f.attrs["extract_config"] = json.dumps(extract_config, sort_keys=True, ensure_ascii=False)
             f.create_dataset("shards", data=np.array(shard_names, dtype=object), dtype=string)
-            f.create_dataset("video_ids", data=np.array(ids, dtype=object)[order], dtype=string)
+            f.create_dataset("video_ids", data=np.array(keys, dtype=object)[order], dtype=string)
+            f.create_dataset("video_names", data=np.array(names, dtype=object)[order], dtype=string)
             f.create_dataset("video_shard", data=np.array(shard_of, dtype=np.int32)[order])
         os.replace(tmp, self.index_path)
         return len(ids)
@@ -151,6 +155,26 @@ def _write_header(f: h5py.File, info: CacheInfo) -> None:
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["info"] = info.to_json()
+    f.attrs["checksum"] = CHECKSUM
+    f.attrs["dataset_names"] = ESCAPED_NAMES
+
+
+def nonfinite_reason(tokens: np.ndarray) -> str | None:
+    """Why float16 tokens cannot be stored (NaN, or inf from an overflow past 65504), or None."""
+    if all_finite(tokens):
+        return None
+    return (f"{count_nonfinite(tokens)} of {tokens.size} token values are not finite in {tokens.dtype} "
+            "(NaN, or beyond float16's range of 65504); not stored")
+
+
+def _storable(value):
+    """Attribute values as HDF5 holds them: a str that is not UTF-8 (a file name) as raw bytes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return np.bytes_(value.encode("utf-8", "surrogateescape"))
+    return value
 
 
 class ShardWriter:
@@ -164,14 +188,22 @@ class ShardWriter:
         self.finished: list[Path] = []
 
     def add(self, video_id: str, tokens: np.ndarray, attrs: dict) -> Path | None:
-        """Store (T, N, D) tokens; returns the shard path if this completed a shard."""
+        """Store (T, N, D) tokens; returns the shard path if this completed a shard.
+
+        One chunk per frame keeps a whole-video read one pass over the file, and fletcher32 makes
+        a corrupted block fail its read instead of coming back as numbers.
+        """
+        tokens = tokens.astype(np.float16, copy=False)
+        if not all_finite(tokens):  # callers check first and record the video as failed
+            raise ValueError(f"{video_id}: {nonfinite_reason(tokens)}")
         if self._file is None:
             self._file = h5py.File(self._tmp_path(), "w")
             _write_header(self._file, self.info)
             self._file.create_group("videos")
-        dataset = self._file["videos"].create_dataset(video_id, data=tokens.astype(np.float16, copy=False))
+        dataset = self._file["videos"].create_dataset(dataset_name(video_id), data=tokens,
+                                                      chunks=(1, *tokens.shape[1:]), fletcher32=True)
         for key, value in attrs.items():
-            dataset.attrs[key] = value
+            dataset.attrs[key] = _storable(value)
         self._bytes += dataset.nbytes
         return self.close_shard() if self._bytes >= self.max_bytes else None
 

@@ -1,0 +1,144 @@
+"""Storage faults of stage one: every one is detected and named, never read back as numbers."""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from redvillm import open_cache
+from redvillm.cache import BadTokens, shards_dir
+from redvillm.extract import pipeline
+from redvillm.extract.config import ExtractConfig
+from redvillm.extract.pipeline import run_extract
+
+VIDEO = "order_0000"
+
+
+def extract(videos, out, model, **overrides):
+    settings = dict(num_frames=8, decode_workers=1, device="cpu", dtype="float32", batch_size=8)
+    return run_extract(ExtractConfig(str(videos), str(out), model=str(model), **{**settings, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def made_cache(synthetic_videos, tiny_llava, tmp_path_factory):
+    out = tmp_path_factory.mktemp("made") / "out.h5"
+    extract(synthetic_videos, out, tiny_llava)
+    return out
+
+
+@pytest.fixture
+def cache_copy(made_cache, tmp_path):
+    """A private copy of a freshly extracted cache (tests damage it)."""
+    out = tmp_path / "out.h5"
+    shutil.copy(made_cache, out)
+    shutil.copytree(shards_dir(made_cache), shards_dir(out))
+    return out
+
+
+def data_offset(shard, video_id):
+    """Byte offset in the shard file of the video's first block of tokens."""
+    with h5py.File(shard, "r") as f:
+        dataset = f["videos"][video_id]
+        if dataset.chunks is None:
+            return dataset.id.get_offset()
+        return dataset.id.get_chunk_info(0).byte_offset
+
+
+def test_a_nan_written_into_a_shard_is_refused_on_read(cache_copy):
+    cache = open_cache(cache_copy)
+    shard = cache.shard_path(VIDEO)
+    cache.close()
+    with h5py.File(shard, "r+") as f:  # h5py recomputes the checksum: only the finite check sees it
+        tokens = f["videos"][VIDEO][()]
+        tokens[3, 5] = np.nan
+        f["videos"][VIDEO][...] = tokens
+    cache = open_cache(cache_copy)
+    with pytest.raises(BadTokens, match=rf"{shard.name}.*'{VIDEO}'.*64 of \d+ token values are not finite") as err:
+        cache[VIDEO]
+    assert (err.value.video_id, err.value.shard) == (VIDEO, str(shard))
+    others = [v for v in cache if v != VIDEO]
+    assert all(np.isfinite(cache[v]).all() for v in others)  # the rest of the shard is still served
+
+
+def test_random_bytes_in_a_shard_fail_the_read_instead_of_becoming_tokens(cache_copy):
+    cache = open_cache(cache_copy)
+    shard, clean = cache.shard_path(VIDEO), cache[VIDEO]
+    cache.close()
+    offset = data_offset(shard, VIDEO)
+    noise = np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes()
+    with open(shard, "r+b") as f:
+        f.seek(offset + 64)
+        f.write(noise)
+    with pytest.raises(BadTokens, match=rf"'{VIDEO}'.*unreadable tokens"):
+        print(open_cache(cache_copy)[VIDEO] - clean)  # on a cache without checksums: wrong numbers
+
+
+class _Overflowing:
+    """The tiny encoder, but its first video's output overflows float16 at one value."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def __call__(self, pixel_values):
+        out = self.encoder(pixel_values)  # (b, N, D), float32: finite
+        self.calls += 1
+        if self.calls == 1:
+            out = out.clone()
+            out[0, 0, 0] = 1e5  # finite in float32, inf once stored as float16
+        return out
+
+
+def test_tokens_that_overflow_float16_are_recorded_as_a_failure_not_stored(video_copy, tiny_llava, tmp_path,
+                                                                            monkeypatch):
+    real = pipeline.load_family
+
+    def patched(*args, **kwargs):
+        family = real(*args, **kwargs)
+        load = family.load_frame_encoder
+        family.load_frame_encoder = lambda device, dtype: _Overflowing(load(device, dtype))
+        return family
+
+    monkeypatch.setattr(pipeline, "load_family", patched)
+    out = tmp_path / "out.h5"
+    summary = extract(video_copy, out, tiny_llava)  # batch 8 = T: one encoder call per video, sorted ids
+    first = sorted(p.stem for p in video_copy.glob("*.mp4"))[0]
+    assert [f.video_id for f in summary.failures] == [first]
+    assert "1 of 25088 token values are not finite" in summary.failures[0].reason
+    cache = open_cache(out)
+    assert first not in cache and len(cache) == 7
+    assert all(np.isfinite(cache[v]).all() for v in cache)
+
+
+def test_shards_carry_the_checksum_and_a_cache_without_it_still_reads(cache_copy):
+    cache = open_cache(cache_copy)
+    expected = {v: cache[v] for v in cache}
+    shard = cache.shard_path(VIDEO)
+    cache.close()
+    with h5py.File(shard, "r") as f:
+        assert f.attrs["checksum"] == "fletcher32" and f["videos"][VIDEO].fletcher32
+        assert f["videos"][VIDEO].chunks == (1, 49, 64)
+    _rewrite_as_first_format(cache_copy)
+    old = open_cache(cache_copy)
+    assert sorted(old) == sorted(expected)
+    for video_id, tokens in expected.items():
+        np.testing.assert_array_equal(old[video_id], tokens)
+
+
+def _rewrite_as_first_format(index):
+    """The layout of the first release: contiguous datasets, no checksum, names = raw ids."""
+    for shard in sorted(shards_dir(index).glob("r*.h5")):
+        old = shard.with_name("old-" + shard.name)
+        with h5py.File(shard, "r") as src, h5py.File(old, "w") as dst:
+            for key in ("format", "format_version", "info"):
+                dst.attrs[key] = src.attrs[key]
+            for name, dataset in src["videos"].items():
+                copy = dst.create_dataset(f"videos/{name}", data=dataset[()])
+                copy.attrs.update(dict(dataset.attrs))
+        old.replace(shard)
+    with h5py.File(index, "r+") as f:
+        del f["video_names"], f.attrs["checksum"], f.attrs["dataset_names"]
+
