@@ -173,6 +173,10 @@ class TokenCache(Mapping):
         except OSError as err:  # fletcher32 mismatch, a torn block, an I/O error
             raise BadTokens(video_id, self.shard_path(video_id), f"unreadable tokens ({_first_line(err)})") from None
 
+    def stored_name(self, video_id: str) -> str:
+        """The video's dataset name inside its shard (``dataset_name`` of the id, for new caches)."""
+        return self._name_of[video_id]
+
     def shard_path(self, video_id: str) -> Path:
         """The shard file holding this video's tokens."""
         return self.shard_paths[self._shard_of[video_id]]

@@ -142,3 +142,42 @@ def _rewrite_as_first_format(index):
     with h5py.File(index, "r+") as f:
         del f["video_names"], f.attrs["checksum"], f.attrs["dataset_names"]
 
+
+
+ODD_NAMES = [".", "..", " leading space", "trailing space ", "~tilde", "a" * 120 + "é" * 60, "new\nline", "50%"]
+
+
+def test_ids_hdf5_cannot_name_are_escaped_and_given_back_as_the_users(synthetic_videos, tiny_llava, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ODD_NAMES:
+        shutil.copy(synthetic_videos / f"{VIDEO}.mp4", videos / f"{name}.mp4")
+    shutil.copy(synthetic_videos / f"{VIDEO}.mp4", videos / f"{VIDEO}.mp4")
+    out = tmp_path / "out.h5"
+    summary = extract(videos, out, tiny_llava)
+    assert (summary.extracted, summary.failures) == (len(ODD_NAMES) + 1, [])
+    cache = open_cache(out)
+    assert sorted(cache) == sorted([*ODD_NAMES, VIDEO])
+    for name in ODD_NAMES:
+        np.testing.assert_array_equal(cache[name], cache[VIDEO])
+        assert cache.meta(name)["path"] == str(videos / f"{name}.mp4")
+    again = extract(videos, out, tiny_llava)
+    assert (again.already_cached, again.extracted) == (len(ODD_NAMES) + 1, 0)
+    from redvillm.train.pooled import PooledStore
+
+    pooled = PooledStore(cache, lambda x: (x.float().mean(1), x.float().mean(0)), "llava")  # (T, D), (N, D)
+    pooled.build(set(cache))
+    for name in [".", ".."]:
+        temporal, spatial = pooled.get(name)
+        assert temporal.shape == (8, 64) and spatial.shape == (49, 64)
+
+
+def test_escaping_is_exact_for_names_no_file_system_gives_us_here():
+    from redvillm.cache import dataset_name, video_id_of
+
+    latin1 = b"caf\xe9".decode("utf-8", "surrogateescape")  # a non-UTF-8 file name as Python sees it
+    for video_id in [*ODD_NAMES, latin1, "a/b", "plain", "~%41"]:
+        name = dataset_name(video_id)
+        assert video_id_of(name) == video_id and "/" not in name and name not in (".", "..")
+        name.encode("utf-8")
+    assert dataset_name("v_abc-123 x") == "v_abc-123 x"  # ordinary ids keep their own name
