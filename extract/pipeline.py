@@ -21,6 +21,7 @@ from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings
+from redvillm.extract.lock import lock_output
 from redvillm.extract.store import CacheStore, Failure, nonfinite_reason
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
@@ -65,6 +66,12 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     dist_info = distributed.init_from_env()
     rank, world = _partition(cfg, dist_info)
     videos = find_videos(cfg.videos)
+    with lock_output(Path(cfg.output), rank):  # before anything is read or removed there
+        return _extract_locked(cfg, progress, videos, dist_info, rank, world, started)
+
+
+def _extract_locked(cfg: ExtractConfig, progress, videos: list[Video], dist_info, rank: int, world: int,
+                    started: float) -> ExtractSummary:
     device = distributed.resolve_device(cfg.device, dist_info)
     dtype = distributed.resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":

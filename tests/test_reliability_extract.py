@@ -181,3 +181,27 @@ def test_escaping_is_exact_for_names_no_file_system_gives_us_here():
         assert video_id_of(name) == video_id and "/" not in name and name not in (".", "..")
         name.encode("utf-8")
     assert dataset_name("v_abc-123 x") == "v_abc-123 x"  # ordinary ids keep their own name
+
+
+def test_a_second_extraction_into_the_same_out_stops_with_one_line(synthetic_videos, tiny_llava, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from redvillm.extract.lock import lock_output
+
+    out = tmp_path / "out.h5"
+    command = [sys.executable, "-m", "redvillm.extract", synthetic_videos, out, "--model", tiny_llava,
+               "--num-frames", "8", "--decode-workers", "1", "--device", "cpu"]
+    with lock_output(out, 0):  # as a first run holding rank 0 would
+        second = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200"))
+        assert second.returncode == 2, second.stderr
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in second.stderr
+        assert f"another redvillm-extract (pid {os.getpid()}) is writing it" in lines[0] and str(out) in lines[0]
+        assert not shards_dir(out).exists()  # refused before touching OUT
+        other_rank = extract(synthetic_videos, out, tiny_llava, num_shards=2, shard_index=1)  # ranks share OUT
+        assert other_rank.extracted == 4
+    assert extract(synthetic_videos, out, tiny_llava).extracted == 4  # released: the rest, then the index
+    assert len(open_cache(out)) == 8
