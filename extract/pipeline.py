@@ -53,10 +53,15 @@ class ExtractSummary:
     cached_total: int = 0  # videos in the index at the end (all ranks)
     rank: int = 0
     token_shape: tuple[int, int, int] = (0, 0, 0)  # (T, N, D) of a video with T frames or more
+    notes: list[str] = field(default_factory=list)  # what `notify` was told (shards set aside, ...)
 
 
-def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None) -> ExtractSummary:
+def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None,
+                notify: Callable[[str], None] | None = None) -> ExtractSummary:
     """Cache every video's (T, N, D) frame tokens; resumable, shardable across processes.
+
+    `notify` gets one line per thing the user should know before the run goes on (a damaged
+    shard set aside, an index to rebuild, the disk space the run needs); default: logged.
 
     Decoders are spawned processes: a script calling this must guard its own top level with
     ``if __name__ == "__main__":`` (as any multiprocessing program must).
@@ -67,10 +72,10 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     rank, world = _partition(cfg, dist_info)
     videos = find_videos(cfg.videos)
     with lock_output(Path(cfg.output), rank):  # before anything is read or removed there
-        return _extract_locked(cfg, progress, videos, dist_info, rank, world, started)
+        return _extract_locked(cfg, progress, notify or log.warning, videos, dist_info, rank, world, started)
 
 
-def _extract_locked(cfg: ExtractConfig, progress, videos: list[Video], dist_info, rank: int, world: int,
+def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], dist_info, rank: int, world: int,
                     started: float) -> ExtractSummary:
     device = distributed.resolve_device(cfg.device, dist_info)
     dtype = distributed.resolve_dtype(cfg.dtype, device)
@@ -82,11 +87,15 @@ def _extract_locked(cfg: ExtractConfig, progress, videos: list[Video], dist_info
     info = _cache_info(cfg, family, encoder, preprocess, dtype)
 
     index = Path(cfg.output)
+    notes: list[str] = []
     if dist_info.is_main:
         store = CacheStore(index, info, overwrite=cfg.overwrite)
-    distributed.barrier()  # rank 0 has removed an overwritten cache before anyone reads it
+        notes += store.set_aside_damaged(cfg.verify)
+    distributed.barrier()  # rank 0 has removed an overwritten cache / set damaged shards aside
     store = CacheStore(index, info) if not dist_info.is_main else store
-    store.check_compatible()
+    notes += store.check_compatible()
+    for line in notes:
+        notify(line)
 
     done, failed_before = store.done_ids(), store.failures()
     mine = videos[rank::world]
@@ -96,6 +105,7 @@ def _extract_locked(cfg: ExtractConfig, progress, videos: list[Video], dist_info
     todo = [v for v in todo if v.video_id not in skip]
     summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
                              token_shape=(info.num_frames, info.num_patches, info.hidden_size))
+    summary.notes = notes
 
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)

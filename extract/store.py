@@ -13,9 +13,11 @@ import h5py
 import numpy as np
 
 from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, all_finite,
-                            count_nonfinite, dataset_name, shard_videos, shards_dir)
+                            count_nonfinite, dataset_name, error_line, shard_videos, shards_dir)
 from redvillm.errors import UserError
+from redvillm.extract.repair import set_aside_damaged
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _SHARD_NAME = re.compile(r"^r(\d{3})-(\d{5})\.h5$")
 
 
@@ -77,26 +79,48 @@ class CacheStore:
     def complete_shards(self) -> list[Path]:
         return sorted(p for p in self.dir.glob(SHARD_GLOB) if _SHARD_NAME.match(p.name))
 
-    def check_compatible(self) -> None:
-        """Refuse to add tokens from another model/T/... to an existing cache."""
+    def check_compatible(self) -> list[str]:
+        """Refuse to add tokens from another model/T/... to an existing cache.
+
+        A damaged index of ours is no reason to refuse: it is rebuilt from the shards at the end
+        of the run (the returned note says so). Damaged shards are set aside before this.
+        """
+        notes = []
         sources = [self.index_path] if self.index_path.exists() else []
         for path in sources + self.complete_shards()[:1]:
             try:
                 with h5py.File(path, "r") as f:
                     theirs = CacheInfo.from_json(f.attrs["info"])
-            except (OSError, KeyError, TypeError, ValueError):
+            except (OSError, KeyError, TypeError, ValueError) as err:
+                if isinstance(err, OSError) and path == self.index_path and self._ours(path):
+                    notes.append(f"{path}: unreadable index ({error_line(err)}); rebuilt from the shards at the end")
+                    continue
                 raise UserError(f"{path}: exists but is not a readable redvillm cache; "
                                 "move it away or pass --overwrite") from None
             why = self.info.mismatch(theirs)
             if why:
                 raise UserError(f"{path}: made for another configuration ({why}); "
                                 "use another OUT or pass --overwrite to replace it")
+        return notes
+
+    def _ours(self, index: Path) -> bool:
+        """An unreadable OUT that extract wrote (a torn HDF5 file, or beside our shards), not a stranger's file."""
+        with open(index, "rb") as f:
+            head = f.read(8)
+        return head in (b"", HDF5_SIGNATURE) or bool(self.complete_shards())
+
+    def set_aside_damaged(self, verify: bool = False) -> list[str]:
+        """Rename damaged shards ``*.h5.damaged`` so their videos are extracted again (see repair.py)."""
+        return set_aside_damaged(self.complete_shards(), verify)
 
     def done_ids(self) -> set[str]:
         done: set[str] = set()
         for path in self.complete_shards():
-            with h5py.File(path, "r") as f:
-                done.update(shard_videos(f))
+            try:
+                with h5py.File(path, "r") as f:
+                    done.update(shard_videos(f))
+            except (OSError, KeyError):  # damaged since rank 0 looked: extracted again
+                continue
         return done
 
     def failures(self) -> dict[str, Failure]:

@@ -171,7 +171,7 @@ class TokenCache(Mapping):
         try:
             return dataset[()]
         except OSError as err:  # fletcher32 mismatch, a torn block, an I/O error
-            raise BadTokens(video_id, self.shard_path(video_id), f"unreadable tokens ({_first_line(err)})") from None
+            raise BadTokens(video_id, self.shard_path(video_id), f"unreadable tokens ({error_line(err)})") from None
 
     def stored_name(self, video_id: str) -> str:
         """The video's dataset name inside its shard (``dataset_name`` of the id, for new caches)."""
@@ -214,7 +214,7 @@ class TokenCache(Mapping):
         try:
             return self._file(shard, video_id)["videos"][self._name_of[video_id]]
         except (OSError, KeyError) as err:  # a damaged group or a shard that lost the video
-            raise BadTokens(video_id, self.shard_paths[shard], f"cannot find its tokens ({_first_line(err)})") from None
+            raise BadTokens(video_id, self.shard_paths[shard], f"cannot find its tokens ({error_line(err)})") from None
 
     def _file(self, shard: int, video_id: str) -> h5py.File:
         if os.getpid() != self._pid:  # forked (DataLoader worker): never share HDF5 handles
@@ -227,7 +227,7 @@ class TokenCache(Mapping):
         try:
             handle = h5py.File(path, "r")
         except OSError as err:
-            raise BadTokens(video_id, path, f"cannot open its shard ({_first_line(err)})") from None
+            raise BadTokens(video_id, path, f"cannot open its shard ({error_line(err)})") from None
         self._files[shard] = handle
         if len(self._files) > self._max_open:
             self._files.popitem(last=False)[1].close()
@@ -294,7 +294,8 @@ def count_nonfinite(tokens: np.ndarray) -> int:
     return int(tokens.size - np.count_nonzero(np.isfinite(tokens)))
 
 
-def _first_line(err: Exception) -> str:
+def error_line(err: Exception) -> str:
+    """The first line of an exception's message (h5py's can run over several)."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 

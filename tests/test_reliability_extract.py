@@ -205,3 +205,67 @@ def test_a_second_extraction_into_the_same_out_stops_with_one_line(synthetic_vid
         assert other_rank.extracted == 4
     assert extract(synthetic_videos, out, tiny_llava).extracted == 4  # released: the rest, then the index
     assert len(open_cache(out)) == 8
+
+
+def test_a_rerun_sets_aside_a_shard_with_a_corrupt_header_and_re_extracts_its_videos(video_copy, tiny_llava,
+                                                                                      tmp_path):
+    out = tmp_path / "out.h5"
+    extract(video_copy, out, tiny_llava, shard_size="60KB")  # several shards
+    before = open_cache(out)
+    shards = sorted(shards_dir(out).glob("r*.h5"))
+    assert len(shards) >= 3
+    lost = sorted(v for v in before if before.shard_path(v) == shards[1])
+    tokens = {v: before[v] for v in before}
+    before.close()
+    with open(shards[1], "r+b") as f:
+        f.write(b"\0" * 512)  # the superblock: `file signature not found`
+    noted = []
+    again = run_extract(ExtractConfig(str(video_copy), str(out), model=str(tiny_llava), num_frames=8,
+                                      decode_workers=1, device="cpu", dtype="float32"), notify=noted.append)
+    assert len(noted) == 1 and noted == again.notes
+    assert noted[0].startswith(f"{shards[1]}: unreadable shard (") and f"{shards[1].name}.damaged" in noted[0]
+    assert (again.extracted, again.already_cached) == (len(lost), 8 - len(lost))
+    assert shards[1].with_name(shards[1].name + ".damaged").exists()
+    cache = open_cache(out)
+    assert sorted(cache) == sorted(tokens)
+    for video_id, expected in tokens.items():
+        np.testing.assert_array_equal(cache[video_id], expected)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "deleted"])
+def test_a_lost_or_truncated_index_is_rebuilt_without_encoding(cache_copy, synthetic_videos, tiny_llava, damage):
+    expected = sorted(open_cache(cache_copy))
+    if damage == "deleted":
+        cache_copy.unlink()
+    else:
+        data = cache_copy.read_bytes()
+        cache_copy.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    again = extract(synthetic_videos, cache_copy, tiny_llava)
+    assert (again.extracted, again.frames, again.already_cached) == (0, 0, 8)
+    assert sorted(open_cache(cache_copy)) == expected
+
+
+def test_a_strangers_file_at_out_is_still_refused(synthetic_videos, tiny_llava, tmp_path):
+    from redvillm.errors import UserError
+
+    out = tmp_path / "notes.h5"
+    out.write_text("my notes, not a cache\n")
+    with pytest.raises(UserError, match="not a readable redvillm cache; move it away"):
+        extract(synthetic_videos, out, tiny_llava)
+    assert out.read_text() == "my notes, not a cache\n"
+
+
+def test_verify_sets_aside_a_shard_whose_video_fails_its_checksum(cache_copy, synthetic_videos, tiny_llava):
+    cache = open_cache(cache_copy)
+    shard, clean = cache.shard_path(VIDEO), cache[VIDEO]
+    cache.close()
+    with open(shard, "r+b") as f:
+        f.seek(data_offset(shard, VIDEO) + 64)
+        f.write(b"\xff" * 256)
+    plain = extract(synthetic_videos, cache_copy, tiny_llava)  # header fine: a plain rerun trusts the shard
+    assert (plain.extracted, plain.notes) == (0, [])
+    verified = extract(synthetic_videos, cache_copy, tiny_llava, verify=True)
+    assert len(verified.notes) == 1 and verified.notes[0].startswith(f"{shard}: video {VIDEO!r} is unreadable (")
+    assert verified.notes[0].endswith(f"set aside as {shard.name}.damaged, its videos are extracted again")
+    assert verified.extracted == 8  # one shard held them all
+    np.testing.assert_array_equal(open_cache(cache_copy)[VIDEO], clean)
