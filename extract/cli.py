@@ -41,6 +41,8 @@ from redvillm.extract.config import DEFAULT_MODEL, ExtractConfig
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT made with other settings.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 if any video failed.")
 @click.option("--retry-failed", is_flag=True, help="Retry earlier failures even if the file is unchanged.")
+@click.option("--no-space-check", is_flag=True,
+              help="Start even if the free disk space is below the estimate (videos x T x N x D x 2 bytes).")
 @click.option("--verify", is_flag=True,
               help="First read every cached video; a shard failing a checksum or finite check is set aside "
                    "(renamed *.damaged) and its videos extracted again.")

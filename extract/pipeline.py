@@ -22,6 +22,7 @@ from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings
 from redvillm.extract.lock import lock_output
+from redvillm.extract.space import check_space, disk_full, is_disk_full
 from redvillm.extract.store import CacheStore, Failure, nonfinite_reason
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
@@ -88,14 +89,15 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
 
     index = Path(cfg.output)
     notes: list[str] = []
+    tell = lambda line: (notes.append(line), notify(line))  # noqa: E731
     if dist_info.is_main:
         store = CacheStore(index, info, overwrite=cfg.overwrite)
-        notes += store.set_aside_damaged(cfg.verify)
+        for line in store.set_aside_damaged(cfg.verify):
+            tell(line)
     distributed.barrier()  # rank 0 has removed an overwritten cache / set damaged shards aside
     store = CacheStore(index, info) if not dist_info.is_main else store
-    notes += store.check_compatible()
-    for line in notes:
-        notify(line)
+    for line in store.check_compatible():
+        tell(line)
 
     done, failed_before = store.done_ids(), store.failures()
     mine = videos[rank::world]
@@ -107,20 +109,30 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
                              token_shape=(info.num_frames, info.num_patches, info.hidden_size))
     summary.notes = notes
 
+    if todo:  # the estimate for this process's part (under torchrun: one rank's)
+        tell(check_space(store.dir, len(todo), summary.token_shape, cfg.no_space_check))
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)
     jobs = (DecodeJob(v.video_id, v.path) for v in todo)
     workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
-    with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
-        for i, result in enumerate(pool.imap(jobs), 1):
-            _handle(result, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess)
-            if progress:
-                progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures), result.job.video_id))
-    if writer.close_shard() is not None:
-        log.debug("closed the last shard of rank %d", rank)
-    distributed.barrier()  # every rank's shards are complete before the index is built
-    if dist_info.is_main or cfg.num_shards is not None:
-        summary.cached_total = store.write_index(cfg.to_dict())
+    try:
+        with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
+            for i, result in enumerate(pool.imap(jobs), 1):
+                _handle(result, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess)
+                if progress:
+                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures),
+                                             result.job.video_id))
+        if writer.close_shard() is not None:
+            log.debug("closed the last shard of rank %d", rank)
+        distributed.barrier()  # every rank's shards are complete before the index is built
+        if dist_info.is_main or cfg.num_shards is not None:
+            summary.cached_total = store.write_index(cfg.to_dict())
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        writer.abandon()
+        left = len(todo) - summary.extracted - len(summary.failures)
+        raise disk_full(store.dir, left, summary.token_shape) from None
     summary.seconds = time.perf_counter() - started
     return summary
 

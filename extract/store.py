@@ -164,14 +164,18 @@ class CacheStore:
         keys = [dataset_name(video_id) for video_id in ids]
         tmp = self.index_path.with_name(f".{self.index_path.name}.tmp-{os.getpid()}")
         string = h5py.string_dtype()
-        with h5py.File(tmp, "w") as f:
-            _write_header(f, self.info)
-            f.attrs["extract_config"] = json.dumps(extract_config, sort_keys=True, ensure_ascii=False)
-            f.create_dataset("shards", data=np.array(shard_names, dtype=object), dtype=string)
-            f.create_dataset("video_ids", data=np.array(keys, dtype=object)[order], dtype=string)
-            f.create_dataset("video_names", data=np.array(names, dtype=object)[order], dtype=string)
-            f.create_dataset("video_shard", data=np.array(shard_of, dtype=np.int32)[order])
-        os.replace(tmp, self.index_path)
+        try:
+            with h5py.File(tmp, "w") as f:
+                _write_header(f, self.info)
+                f.attrs["extract_config"] = json.dumps(extract_config, sort_keys=True, ensure_ascii=False)
+                f.create_dataset("shards", data=np.array(shard_names, dtype=object), dtype=string)
+                f.create_dataset("video_ids", data=np.array(keys, dtype=object)[order], dtype=string)
+                f.create_dataset("video_names", data=np.array(names, dtype=object)[order], dtype=string)
+                f.create_dataset("video_shard", data=np.array(shard_of, dtype=np.int32)[order])
+            os.replace(tmp, self.index_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk, a kill: the previous index stays in place
+            raise
         return len(ids)
 
 
@@ -245,6 +249,26 @@ class ShardWriter:
         self.seq += 1
         self.finished.append(final)
         return final
+
+    def abandon(self) -> None:
+        """Drop the shard being written after a failed write (a full disk): its space first, then the file.
+
+        Truncating first leaves HDF5 room to write its closing metadata, instead of failing again
+        and crashing the process at exit; the file is then removed.
+        """
+        if self._file is None:
+            return
+        tmp = self._tmp_path()
+        try:
+            os.truncate(tmp, 0)
+        except OSError:
+            pass
+        try:
+            self._file.close()
+        except (OSError, RuntimeError):
+            pass  # the file is removed below whatever HDF5 managed to write
+        self._file, self._bytes = None, 0
+        tmp.unlink(missing_ok=True)
 
     def _tmp_path(self) -> Path:
         return self.dir / f".tmp-r{self.rank:03d}-{self.seq:05d}.h5"

@@ -222,7 +222,7 @@ def test_a_rerun_sets_aside_a_shard_with_a_corrupt_header_and_re_extracts_its_vi
     noted = []
     again = run_extract(ExtractConfig(str(video_copy), str(out), model=str(tiny_llava), num_frames=8,
                                       decode_workers=1, device="cpu", dtype="float32"), notify=noted.append)
-    assert len(noted) == 1 and noted == again.notes
+    assert len(noted) == 2 and noted == again.notes and "this run writes about" in noted[1]
     assert noted[0].startswith(f"{shards[1]}: unreadable shard (") and f"{shards[1].name}.damaged" in noted[0]
     assert (again.extracted, again.already_cached) == (len(lost), 8 - len(lost))
     assert shards[1].with_name(shards[1].name + ".damaged").exists()
@@ -265,7 +265,103 @@ def test_verify_sets_aside_a_shard_whose_video_fails_its_checksum(cache_copy, sy
     plain = extract(synthetic_videos, cache_copy, tiny_llava)  # header fine: a plain rerun trusts the shard
     assert (plain.extracted, plain.notes) == (0, [])
     verified = extract(synthetic_videos, cache_copy, tiny_llava, verify=True)
-    assert len(verified.notes) == 1 and verified.notes[0].startswith(f"{shard}: video {VIDEO!r} is unreadable (")
+    assert len(verified.notes) == 2 and verified.notes[0].startswith(f"{shard}: video {VIDEO!r} is unreadable (")
     assert verified.notes[0].endswith(f"set aside as {shard.name}.damaged, its videos are extracted again")
     assert verified.extracted == 8  # one shard held them all
     np.testing.assert_array_equal(open_cache(cache_copy)[VIDEO], clean)
+
+
+def test_a_full_disk_mid_run_ends_in_one_line_and_the_run_resumes(video_copy, tiny_llava, tmp_path, monkeypatch):
+    import errno
+
+    from redvillm.errors import UserError
+    from redvillm.extract.store import ShardWriter
+
+    real_add, calls = ShardWriter.add, []
+
+    def add_then_disk_full(self, video_id, tokens, attrs):
+        done = real_add(self, video_id, tokens, attrs)
+        calls.append(video_id)
+        if len(calls) == 5:  # written into the open shard, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return done
+
+    monkeypatch.setattr(ShardWriter, "add", add_then_disk_full)
+    out = tmp_path / "out.h5"
+    with pytest.raises(UserError) as err:
+        extract(video_copy, out, tiny_llava, shard_size="60KB")  # 2 videos of 50 KB per shard
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{shards_dir(out)}: disk full (")
+    assert "the 4 videos left need about 200.7 KB more; free space and rerun the same command" in message
+    shards = sorted(p.name for p in shards_dir(out).iterdir() if p.suffix == ".h5")
+    assert shards == ["r000-00000.h5", "r000-00001.h5"]  # complete shards kept, the torn one gone
+    monkeypatch.setattr(ShardWriter, "add", real_add)
+    again = extract(video_copy, out, tiny_llava, shard_size="60KB")
+    assert (again.already_cached, again.extracted) == (4, 4)
+    cache = open_cache(out)
+    assert len(cache) == 8 and all(np.isfinite(cache[v]).all() for v in cache)
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_before_it_starts(synthetic_videos, tiny_llava, tmp_path,
+                                                              monkeypatch):
+    import re
+    from collections import namedtuple
+
+    from redvillm.errors import UserError
+    from redvillm.extract import space
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda path: usage(1e9, 1e9, 300e3))
+    out = tmp_path / "out.h5"
+    estimate = "this run writes about 401.4 KB (8 videos x T 8 x N 49 x D 64 x 2 bytes); 300.0 KB free there"
+    with pytest.raises(UserError, match=re.escape(estimate) + ": not enough; free 101.4 KB or more.*--no-space-check"):
+        extract(synthetic_videos, out, tiny_llava)
+    assert not list(shards_dir(out).glob("*.h5"))
+    started = extract(synthetic_videos, out, tiny_llava, no_space_check=True)
+    assert started.extracted == 8 and started.notes == [f"{shards_dir(out)}: {estimate}"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KB tmpfs (needs root or CAP_SYS_ADMIN; skipped with the reason otherwise)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({(done.stderr or done.stdout).strip()}); "
+                    "the injected-ENOSPC test covers the same path")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_gives_one_line_not_a_crash_and_resumes(small_disk, video_copy, tiny_llava):
+    import os
+    import subprocess
+    import sys
+
+    out = small_disk / "out.h5"
+    command = [sys.executable, "-m", "redvillm.extract", video_copy, out, "--model", tiny_llava, "--num-frames", "8",
+               "--decode-workers", "1", "--device", "cpu", "--shard-size", "60KB"]
+
+    def run(*extra):
+        return subprocess.run(list(map(str, command + list(extra))), capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="300"))
+
+    refused = run()
+    assert refused.returncode == 2 and "this run writes about 401.4 KB" in refused.stderr
+    assert "not enough" in refused.stderr and not list(shards_dir(out).glob("*.h5"))
+    full = run("--no-space-check")
+    assert full.returncode == 2, full.stderr  # not 139 (segfault)
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"{shards_dir(out)}: disk full" in errors[0] and "videos left need about" in errors[0]
+    assert "Traceback" not in full.stderr and "HDF5" not in full.stderr
+    kept = sorted(shards_dir(out).glob("r*.h5"))
+    assert kept and not list(shards_dir(out).glob(".tmp-*"))
+    subprocess.run(["mount", "-o", "remount,size=2m", str(small_disk)], check=True)  # space is freed
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stderr
+    cache = open_cache(out)
+    assert len(cache) == 8 and all(np.isfinite(cache[v]).all() for v in cache)
