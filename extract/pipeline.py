@@ -90,14 +90,7 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
     index = Path(cfg.output)
     notes: list[str] = []
     tell = lambda line: (notes.append(line), notify(line))  # noqa: E731
-    if dist_info.is_main:
-        store = CacheStore(index, info, overwrite=cfg.overwrite)
-        for line in store.set_aside_damaged(cfg.verify):
-            tell(line)
-    distributed.barrier()  # rank 0 has removed an overwritten cache / set damaged shards aside
-    store = CacheStore(index, info) if not dist_info.is_main else store
-    for line in store.check_compatible():
-        tell(line)
+    store = _open_store(cfg, index, info, dist_info, tell)
 
     done, failed_before = store.done_ids(), store.failures()
     mine = videos[rank::world]
@@ -109,8 +102,8 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
                              token_shape=(info.num_frames, info.num_patches, info.hidden_size))
     summary.notes = notes
 
-    if todo:  # the estimate for this process's part (under torchrun: one rank's)
-        tell(check_space(store.dir, len(todo), summary.token_shape, cfg.no_space_check))
+    if todo and dist_info.is_main:  # torchrun ranks' parts differ by at most one video: rank 0 speaks for all
+        tell(check_space(store.dir, len(todo) * dist_info.world_size, summary.token_shape, cfg.no_space_check))
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)
     jobs = (DecodeJob(v.video_id, v.path) for v in todo)
@@ -135,6 +128,20 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
         raise disk_full(store.dir, left, summary.token_shape) from None
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _open_store(cfg: ExtractConfig, index: Path, info: CacheInfo, dist_info, tell) -> CacheStore:
+    """The store, once rank 0 has replaced (--overwrite) or repaired OUT; refuses a mismatched cache."""
+    if dist_info.is_main:
+        store = CacheStore(index, info, overwrite=cfg.overwrite)
+        for line in store.set_aside_damaged(cfg.verify):
+            tell(line)
+    distributed.barrier()  # rank 0 has removed an overwritten cache / set damaged shards aside
+    store = CacheStore(index, info) if not dist_info.is_main else store
+    for line in store.check_compatible():
+        if dist_info.is_main:  # one line per job, not per rank
+            tell(line)
+    return store
 
 
 def _partition(cfg: ExtractConfig, dist_info) -> tuple[int, int]:
