@@ -23,7 +23,7 @@ from redvillm.extract.config import ExtractConfig
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings
 from redvillm.extract.lock import lock_output
 from redvillm.extract.space import check_space, disk_full, is_disk_full
-from redvillm.extract.store import CacheStore, Failure, nonfinite_reason
+from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
 
@@ -162,11 +162,12 @@ def _handle(result: DecodeResult, encoder, cfg, store, writer, summary, dist_inf
     if result.error is not None:
         return _fail(job, result.error, store, summary)
     tokens = encode_frames(encoder, torch.from_numpy(result.frames), cfg.batch_size, device, dtype, preprocess)
-    why = nonfinite_reason(tokens)  # after the float16 cast: an overflow there is an inf too
-    if why is not None:
-        return _fail(job, why, store, summary)
     attrs = dict(result.meta, path=str(job.path))
-    if writer.add(job.video_id, tokens, attrs) is not None and dist_info.is_main:
+    try:
+        completed = writer.add(job.video_id, tokens, attrs)
+    except NonFiniteTokens as err:  # never stored: the video is recorded as failed instead
+        return _fail(job, str(err), store, summary)
+    if completed is not None and dist_info.is_main:
         store.write_index(cfg.to_dict())  # readers see progress shard by shard
     summary.extracted += 1
     summary.frames += tokens.shape[0]

@@ -187,6 +187,10 @@ def _write_header(f: h5py.File, info: CacheInfo) -> None:
     f.attrs["dataset_names"] = ESCAPED_NAMES
 
 
+class NonFiniteTokens(ValueError):
+    """Tokens refused by ``ShardWriter.add``; the message says how many values are NaN/inf."""
+
+
 def nonfinite_reason(tokens: np.ndarray) -> str | None:
     """Why float16 tokens cannot be stored (NaN, or inf from an overflow past 65504), or None."""
     if all_finite(tokens):
@@ -222,8 +226,9 @@ class ShardWriter:
         a corrupted block fail its read instead of coming back as numbers.
         """
         tokens = tokens.astype(np.float16, copy=False)
-        if not all_finite(tokens):  # callers check first and record the video as failed
-            raise ValueError(f"{video_id}: {nonfinite_reason(tokens)}")
+        why = nonfinite_reason(tokens)  # after the cast: an overflow past 65504 is an inf too
+        if why is not None:
+            raise NonFiniteTokens(why)
         if self._file is None:
             self._file = h5py.File(self._tmp_path(), "w")
             _write_header(self._file, self.info)
