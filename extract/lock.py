@@ -38,8 +38,11 @@ def lock_output(index_path: Path, rank: int):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise UserError(f"{index_path}: another redvillm-extract (pid {holder}) is writing it (rank {rank}); "
                             "wait for it to finish, or stop it and rerun this command to resume") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the pid is only for the message, the lock holds without it
+            pass
         yield path
     finally:
         os.close(fd)  # releases the lock

@@ -360,6 +360,10 @@ def test_a_really_full_disk_gives_one_line_not_a_crash_and_resumes(small_disk, v
     assert "Traceback" not in full.stderr and "HDF5" not in full.stderr
     kept = sorted(shards_dir(out).glob("r*.h5"))
     assert kept and not list(shards_dir(out).glob(".tmp-*"))
+    still_full = run()  # rerun before freeing space: refused up front, in one line
+    assert still_full.returncode == 2 and "Traceback" not in still_full.stderr
+    assert [line for line in still_full.stderr.splitlines() if line.startswith("error: ")][0].endswith(
+        "or pass --no-space-check to start anyway")
     subprocess.run(["mount", "-o", "remount,size=2m", str(small_disk)], check=True)  # space is freed
     resumed = run()
     assert resumed.returncode == 0, resumed.stderr
