@@ -358,6 +358,7 @@ def test_a_really_full_disk_gives_one_line_not_a_crash_and_resumes(small_disk, v
     errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and f"{shards_dir(out)}: disk full" in errors[0] and "videos left need about" in errors[0]
     assert "Traceback" not in full.stderr and "HDF5" not in full.stderr
+    assert f"{shards_dir(out)}: this run writes about 401.4 KB" in full.stderr  # printed when not refused too
     kept = sorted(shards_dir(out).glob("r*.h5"))
     assert kept and not list(shards_dir(out).glob(".tmp-*"))
     still_full = run()  # rerun before freeing space: refused up front, in one line
@@ -369,3 +370,13 @@ def test_a_really_full_disk_gives_one_line_not_a_crash_and_resumes(small_disk, v
     assert resumed.returncode == 0, resumed.stderr
     cache = open_cache(out)
     assert len(cache) == 8 and all(np.isfinite(cache[v]).all() for v in cache)
+
+
+def test_a_reader_meeting_a_damaged_shard_names_the_video_and_shard(cache_copy):
+    cache = open_cache(cache_copy)
+    shard = cache.shard_path(VIDEO)
+    cache.close()
+    with open(shard, "r+b") as f:
+        f.write(b"\0" * 8)  # the HDF5 signature
+    with pytest.raises(BadTokens, match=rf"{shard}: video '{VIDEO}': cannot open its shard .*--verify to repair"):
+        open_cache(cache_copy)[VIDEO]
