@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import json
 import os
-from urllib.parse import quote, unquote_to_bytes
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote_to_bytes
 
 import h5py
 import numpy as np
@@ -70,7 +70,8 @@ class BadTokens(UserError):
     """
 
     def __init__(self, video_id: str, shard: Path | str, why: str):
-        super().__init__(f"{shard}: video {video_id!r}: {why}; rerun the same redvillm-extract command with --verify to repair")
+        super().__init__(f"{shard}: video {video_id!r}: {why}; "
+                         "rerun the same redvillm-extract command with --verify to repair")
         self.video_id, self.shard, self.why = video_id, str(shard), why
 
 
@@ -281,11 +282,13 @@ def all_finite(tokens: np.ndarray) -> bool:
     if tokens.dtype != np.float16:
         return bool(np.isfinite(tokens).all())
     bits = np.ascontiguousarray(tokens).reshape(-1).view(np.uint16)
+    if bits.size == 0:
+        return True
     block = np.empty(min(bits.size, 1 << 16), np.uint16)
     for start in range(0, bits.size, block.size):
         part = block[: min(block.size, bits.size - start)]
         np.bitwise_and(bits[start : start + part.size], 0x7C00, out=part)  # the exponent bits
-        if part.size and part.max() == 0x7C00:  # all ones: inf or NaN
+        if part.max() == 0x7C00:  # all ones: inf or NaN
             return False
     return True
 
@@ -305,7 +308,7 @@ def _text(value) -> str:
 
 def _plain(value):
     if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
+        return _text(value)
     if isinstance(value, np.generic):
         return value.item()
     return value
