@@ -149,11 +149,12 @@ class CacheStore:
 
     def write_index(self, extract_config: dict) -> int:
         """Rebuild OUT.h5 from the complete shards (atomically); returns the video count."""
-        shard_names, ids, names, shard_of = [], [], [], []
+        shard_names, ids, names, shard_of, checked = [], [], [], [], []
         seen: set[str] = set()
         for position, path in enumerate(self.complete_shards()):
             shard_names.append(path.name)
             with h5py.File(path, "r") as f:
+                checked.append(f.attrs.get("checksum") == CHECKSUM)
                 for video_id, name in shard_videos(f).items():
                     if video_id not in seen:  # only two concurrent runs on one OUT could duplicate
                         seen.add(video_id)
@@ -167,6 +168,7 @@ class CacheStore:
         try:
             with h5py.File(tmp, "w") as f:
                 _write_header(f, self.info)
+                f.attrs["checksum"] = CHECKSUM if all(checked) else "partial"  # a resumed first-release cache
                 f.attrs["extract_config"] = json.dumps(extract_config, sort_keys=True, ensure_ascii=False)
                 f.create_dataset("shards", data=np.array(shard_names, dtype=object), dtype=string)
                 f.create_dataset("video_ids", data=np.array(keys, dtype=object)[order], dtype=string)

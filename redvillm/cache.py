@@ -7,6 +7,7 @@
              info=JSON           provenance shared by every video (see CacheInfo)
              extract_config=JSON the resolved ExtractConfig of the run that last wrote it
              checksum="fletcher32"   every shard's token datasets carry HDF5's checksum
+                                     ("partial": some shards predate it)
              dataset_names="escaped" `video_ids` holds escaped ids (see below)
       shards       (S,) str      shard file names, relative to OUT.shards/
       video_ids    (V,) str      ``dataset_name(video_id)`` of every video, sorted by video id

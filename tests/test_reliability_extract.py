@@ -128,6 +128,19 @@ def test_shards_carry_the_checksum_and_a_cache_without_it_still_reads(cache_copy
         np.testing.assert_array_equal(old[video_id], tokens)
 
 
+def test_resuming_a_first_release_cache_mixes_shards_and_says_so(cache_copy, synthetic_videos, tiny_llava, tmp_path):
+    _rewrite_as_first_format(cache_copy)
+    videos = tmp_path / "videos"
+    shutil.copytree(synthetic_videos, videos)
+    shutil.copy(videos / f"{VIDEO}.mp4", videos / "~new.mp4")
+    assert extract(videos, cache_copy, tiny_llava).extracted == 1
+    cache = open_cache(cache_copy)
+    assert len(cache) == 9
+    np.testing.assert_array_equal(cache["~new"], cache[VIDEO])  # escaped name in the new shard
+    with h5py.File(cache_copy, "r") as f:
+        assert f.attrs["checksum"] == "partial"
+
+
 def _rewrite_as_first_format(index):
     """The layout of the first release: contiguous datasets, no checksum, names = raw ids."""
     for shard in sorted(shards_dir(index).glob("r*.h5")):
