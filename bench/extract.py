@@ -14,6 +14,16 @@ enough that encoding is real work (MODEL):
     its model load is measured on its own (load_family + load_frame_encoder) and printed beside.
     The three are interleaved --rounds times; printed: the median of each, and of the rounds' ratios.
 
+Then the cost of storage safety (STORAGE: random float16 tokens of a real video's shape), as
+ratios measured in one run, the best of 2 x --rounds tries (the one least disturbed by other
+work on the machine), files in the page cache (the worst case for
+a relative overhead; a cold disk read only makes the checks cheaper by comparison):
+
+    write  the first release's contiguous, unchecked dataset  vs  ShardWriter.add (one chunk per
+           frame + fletcher32 + the finite check), each file closed and fsynced
+    read   that contiguous dataset  vs  the checksummed one  vs  checksummed + the finite check
+           (TokenCache.__getitem__)
+
 Then the peak RSS of run_extract over 10 and over 100 small videos (RSS_VIDEO), each in a fresh
 subprocess: the process's own peak, the largest decode worker's, and the peak of their sum
 (sampled every 50 ms; shared library pages count once per process). Goal: flat.
@@ -27,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +56,7 @@ VIDEO = dict(size=336, num_frames=64, fps=8)  # decoded at 336 px, resized + cro
 MODEL = dict(image_size=224, patch_size=16, vision_hidden=128, vision_layers=3, vision_heads=4)
 RSS_VIDEO, RSS_FRAMES, RSS_COUNTS = dict(size=96, num_frames=16, fps=8), 8, (10, 100)
 GOAL_RATIO = 1.05
+STORAGE = dict(videos=4, shape=(100, 576, 1024))  # llava-1.5-7b at T = 100: 118 MB per video
 
 
 def make_videos(root: Path, count: int, video: dict) -> Path:
@@ -126,6 +138,74 @@ def measure_throughput(root: Path, model: Path, args) -> dict:
                 batch_size=cfg.batch_size, load_s=load_s, **typical, rounds=rounds)
 
 
+def measure_storage(root: Path, args) -> dict:
+    """Seconds per video to write and read tokens with and without the checksum and finite check."""
+    import numpy as np
+
+    tokens = np.random.default_rng(0).standard_normal(STORAGE["shape"], dtype=np.float32).astype(np.float16)
+    rounds = []
+    for i in range(2 * args.rounds):
+        folder = root / f"storage-{i}"
+        folder.mkdir()
+        plain_w, plain = _timed(lambda: _write_plain(folder / "plain.h5", tokens))
+        safe_w, safe = _timed(lambda: _write_safe(folder, tokens))
+        rounds.append(dict(write_plain_s=plain_w, write_safe_s=safe_w, **_read_all(plain, safe)))
+        shutil.rmtree(folder)
+    best = {key: min(r[key] for r in rounds) for key in rounds[0]}
+    per_video = {key: value / STORAGE["videos"] for key, value in best.items()}
+    return dict(videos=STORAGE["videos"], shape=STORAGE["shape"], mb_per_video=tokens.nbytes / 1e6, tries=len(rounds),
+                **per_video)
+
+
+def _timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def _write_plain(path: Path, tokens) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for i in range(STORAGE["videos"]):
+            f.create_dataset(f"videos/v{i}", data=tokens)
+    _fsync(path)
+    return path
+
+
+def _write_safe(folder: Path, tokens) -> Path:
+    from redvillm.cache import CacheInfo
+    from redvillm.extract.store import ShardWriter
+
+    t, n, d = tokens.shape
+    info = CacheInfo("bench", "bench", None, {}, (224, 224), t, n, d, "uniform", "repeat", "float32", "bench")
+    writer = ShardWriter(folder, 0, info, max_bytes=1 << 62, next_seq=0)
+    for i in range(STORAGE["videos"]):
+        writer.add(f"v{i}", tokens, {})
+    return writer.close_shard()  # flush, close, fsync, rename
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _read_all(plain: Path, safe: Path) -> dict:
+    import h5py
+
+    from redvillm.cache import all_finite
+
+    names = [f"v{i}" for i in range(STORAGE["videos"])]
+    with h5py.File(plain, "r") as p, h5py.File(safe, "r") as s:
+        for name in names:  # warm: both files in the page cache alike
+            p["videos"][name][()], s["videos"][name][()]
+        read_plain, _ = _timed(lambda: [p["videos"][name][()] for name in names])
+        read_checksum, _ = _timed(lambda: [s["videos"][name][()] for name in names])
+        read_checked, ok = _timed(lambda: [all_finite(s["videos"][name][()]) for name in names])
+    assert all(ok)
+    return dict(read_plain_s=read_plain, read_checksum_s=read_checksum, read_checked_s=read_checked)
+
+
 def measure_rss(root: Path, model: Path, args) -> dict:
     """Peak RSS of run_extract over the first n of 100 small videos, one fresh process per n."""
     paths = sorted(make_videos(root / "rss", max(RSS_COUNTS), RSS_VIDEO).glob("*.mp4"))
@@ -197,6 +277,9 @@ def report(results: dict, args) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    _report_storage(results["storage"])
+    if "throughput" not in results:
+        return
     t, rss = results["throughput"], results["rss"]
     fps = lambda seconds: f"{t['frames'] / seconds:.0f}"
     table = Table(title=f"stage one: {args.videos} videos ({VIDEO['size']} px), {t['shape']}, batch "
@@ -226,6 +309,25 @@ def report(results: dict, args) -> None:
     Console(width=max(Console().width, 118)).print(table)
 
 
+def _report_storage(st: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"storage safety: {st['videos']} videos of {st['shape']} float16 "
+                        f"({st['mb_per_video']:.0f} MB each), page cache warm, best of {st['tries']} tries")
+    for name in ("", "ms per video", "MB/s", "vs unchecked"):
+        table.add_column(name, justify="left" if not name else "right")
+    rows = [("write, contiguous, unchecked (v1)", "write_plain_s", "write_plain_s"),
+            ("write, chunked + fletcher32 + finite check", "write_safe_s", "write_plain_s"),
+            ("read, contiguous, unchecked (v1)", "read_plain_s", "read_plain_s"),
+            ("read, fletcher32 verified", "read_checksum_s", "read_plain_s"),
+            ("read, fletcher32 + finite check", "read_checked_s", "read_plain_s")]
+    for name, key, base in rows:
+        table.add_row(name, f"{st[key] * 1e3:.1f}", f"{st['mb_per_video'] / st[key]:.0f}",
+                      f"[bold]x{st[key] / st[base]:.2f}")
+    Console(width=max(Console().width, 118)).print(table)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=24, help="even: each synthetic video has a twin")
@@ -235,6 +337,7 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=3, help="repeats of the three timings (medians printed)")
     parser.add_argument("--out-dir", type=Path, default=None, help="keep videos, model and caches here (new)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
+    parser.add_argument("--storage-only", action="store_true", help="only the storage safety costs")
     parser.add_argument("--rss-child", nargs=3, metavar=("LIST", "OUT", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.videos < 2 or args.videos % 2:
@@ -259,8 +362,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         root = args.out_dir or Path(tmp) / "run"
         root.mkdir(parents=True)  # must be new: every cache below is written from scratch
-        model = build_tiny_llava(root / "tiny-llava", TinyLlavaConfig(**MODEL))
-        results = dict(throughput=measure_throughput(root, model, args), rss=measure_rss(root, model, args))
+        results = dict(storage=measure_storage(root, args))
+        if not args.storage_only:
+            model = build_tiny_llava(root / "tiny-llava", TinyLlavaConfig(**MODEL))
+            results.update(throughput=measure_throughput(root, model, args), rss=measure_rss(root, model, args))
     results.update(seconds=time.perf_counter() - started, load_average=(load_before, os.getloadavg()[0]),
                    torch_threads=args.threads, videos=args.videos,
                    frames=args.frames, workers=args.workers, video=VIDEO, model=MODEL, goal_ratio=GOAL_RATIO)

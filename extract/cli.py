@@ -41,6 +41,11 @@ from redvillm.extract.config import DEFAULT_MODEL, ExtractConfig
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT made with other settings.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 if any video failed.")
 @click.option("--retry-failed", is_flag=True, help="Retry earlier failures even if the file is unchanged.")
+@click.option("--no-space-check", is_flag=True,
+              help="Start even if the free disk space is below the estimate (videos x T x N x D x 2 bytes).")
+@click.option("--verify", is_flag=True,
+              help="First read every cached video; a shard failing a checksum or finite check is set aside "
+                   "(renamed *.damaged) and its videos extracted again.")
 @click.option("--num-shards", type=int, default=None, help="Manual scale-out without torchrun: total parts.")
 @click.option("--shard-index", type=int, default=None, help="Manual scale-out: this process's part.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -59,7 +64,7 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
 
     console = Console(stderr=True)
     with _progress(console) as (progress, callback):
-        summary = run_extract(cfg, callback)
+        summary = run_extract(cfg, callback, lambda line: console.print(line, highlight=False, soft_wrap=True))
     _print_summary(console, summary)
     if cfg.strict and summary.failures:
         sys.exit(1)

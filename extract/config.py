@@ -33,6 +33,8 @@ class ExtractConfig:
     overwrite: bool = False  # replace an existing OUT made with other settings
     strict: bool = False  # exit non-zero if any video failed
     retry_failed: bool = False  # retry videos that failed before even if the file is unchanged
+    no_space_check: bool = False  # start even if the disk looks too small for the estimated tokens
+    verify: bool = False  # read every cached video first; set aside shards failing a checksum/finite check
     num_shards: int | None = None  # manual scale-out without torchrun (e.g. array jobs) ...
     shard_index: int | None = None  # ... this process takes videos[shard_index::num_shards]
 

@@ -21,7 +21,9 @@ from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings
-from redvillm.extract.store import CacheStore, Failure
+from redvillm.extract.lock import lock_output
+from redvillm.extract.space import check_space, disk_full, is_disk_full
+from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
 
@@ -52,10 +54,15 @@ class ExtractSummary:
     cached_total: int = 0  # videos in the index at the end (all ranks)
     rank: int = 0
     token_shape: tuple[int, int, int] = (0, 0, 0)  # (T, N, D) of a video with T frames or more
+    notes: list[str] = field(default_factory=list)  # what `notify` was told (shards set aside, ...)
 
 
-def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None) -> ExtractSummary:
+def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None,
+                notify: Callable[[str], None] | None = None) -> ExtractSummary:
     """Cache every video's (T, N, D) frame tokens; resumable, shardable across processes.
+
+    `notify` gets one line per thing the user should know before the run goes on (a damaged
+    shard set aside, an index to rebuild, the disk space the run needs); default: logged.
 
     Decoders are spawned processes: a script calling this must guard its own top level with
     ``if __name__ == "__main__":`` (as any multiprocessing program must).
@@ -65,6 +72,12 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     dist_info = distributed.init_from_env()
     rank, world = _partition(cfg, dist_info)
     videos = find_videos(cfg.videos)
+    with lock_output(Path(cfg.output), rank):  # before anything is read or removed there
+        return _extract_locked(cfg, progress, notify or log.warning, videos, dist_info, rank, world, started)
+
+
+def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], dist_info, rank: int, world: int,
+                    started: float) -> ExtractSummary:
     device = distributed.resolve_device(cfg.device, dist_info)
     dtype = distributed.resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
@@ -75,11 +88,9 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     info = _cache_info(cfg, family, encoder, preprocess, dtype)
 
     index = Path(cfg.output)
-    if dist_info.is_main:
-        store = CacheStore(index, info, overwrite=cfg.overwrite)
-    distributed.barrier()  # rank 0 has removed an overwritten cache before anyone reads it
-    store = CacheStore(index, info) if not dist_info.is_main else store
-    store.check_compatible()
+    notes: list[str] = []
+    tell = lambda line: (notes.append(line), notify(line))  # noqa: E731
+    store = _open_store(cfg, index, info, dist_info, tell)
 
     done, failed_before = store.done_ids(), store.failures()
     mine = videos[rank::world]
@@ -89,23 +100,48 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     todo = [v for v in todo if v.video_id not in skip]
     summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
                              token_shape=(info.num_frames, info.num_patches, info.hidden_size))
+    summary.notes = notes
 
+    if todo and dist_info.is_main:  # torchrun ranks' parts differ by at most one video: rank 0 speaks for all
+        tell(check_space(store.dir, len(todo) * dist_info.world_size, summary.token_shape, cfg.no_space_check))
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)
     jobs = (DecodeJob(v.video_id, v.path) for v in todo)
     workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
-    with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
-        for i, result in enumerate(pool.imap(jobs), 1):
-            _handle(result, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess)
-            if progress:
-                progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures), result.job.video_id))
-    if writer.close_shard() is not None:
-        log.debug("closed the last shard of rank %d", rank)
-    distributed.barrier()  # every rank's shards are complete before the index is built
-    if dist_info.is_main or cfg.num_shards is not None:
-        summary.cached_total = store.write_index(cfg.to_dict())
+    try:
+        with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
+            for i, result in enumerate(pool.imap(jobs), 1):
+                _handle(result, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess)
+                if progress:
+                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures),
+                                             result.job.video_id))
+        if writer.close_shard() is not None:
+            log.debug("closed the last shard of rank %d", rank)
+        distributed.barrier()  # every rank's shards are complete before the index is built
+        if dist_info.is_main or cfg.num_shards is not None:
+            summary.cached_total = store.write_index(cfg.to_dict())
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        writer.abandon()
+        left = len(todo) - summary.extracted - len(summary.failures)
+        raise disk_full(store.dir, left, summary.token_shape) from None
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _open_store(cfg: ExtractConfig, index: Path, info: CacheInfo, dist_info, tell) -> CacheStore:
+    """The store, once rank 0 has replaced (--overwrite) or repaired OUT; refuses a mismatched cache."""
+    if dist_info.is_main:
+        store = CacheStore(index, info, overwrite=cfg.overwrite)
+        for line in store.set_aside_damaged(cfg.verify):
+            tell(line)
+    distributed.barrier()  # rank 0 has removed an overwritten cache / set damaged shards aside
+    store = CacheStore(index, info) if not dist_info.is_main else store
+    for line in store.check_compatible():
+        if dist_info.is_main:  # one line per job, not per rank
+            tell(line)
+    return store
 
 
 def _partition(cfg: ExtractConfig, dist_info) -> tuple[int, int]:
@@ -124,17 +160,24 @@ def _partition(cfg: ExtractConfig, dist_info) -> tuple[int, int]:
 def _handle(result: DecodeResult, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess):
     job = result.job
     if result.error is not None:
-        failure = Failure.of(job.video_id, job.path, result.error)
-        store.record_failure(summary.rank, failure)
-        summary.failures.append(failure)
-        log.info("%s: %s", job.path, result.error)  # shown in the summary
-        return
+        return _fail(job, result.error, store, summary)
     tokens = encode_frames(encoder, torch.from_numpy(result.frames), cfg.batch_size, device, dtype, preprocess)
     attrs = dict(result.meta, path=str(job.path))
-    if writer.add(job.video_id, tokens, attrs) is not None and dist_info.is_main:
+    try:
+        completed = writer.add(job.video_id, tokens, attrs)
+    except NonFiniteTokens as err:  # never stored: the video is recorded as failed instead
+        return _fail(job, str(err), store, summary)
+    if completed is not None and dist_info.is_main:
         store.write_index(cfg.to_dict())  # readers see progress shard by shard
     summary.extracted += 1
     summary.frames += tokens.shape[0]
+
+
+def _fail(job: DecodeJob, reason: str, store: CacheStore, summary: ExtractSummary) -> None:
+    failure = Failure.of(job.video_id, job.path, reason)
+    store.record_failure(summary.rank, failure)
+    summary.failures.append(failure)
+    log.info("%s: %s", job.path, reason)  # shown in the summary
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,

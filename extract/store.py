@@ -12,9 +12,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from redvillm.cache import FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, shards_dir
+from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, all_finite,
+                            count_nonfinite, dataset_name, error_line, shard_videos, shards_dir)
 from redvillm.errors import UserError
+from redvillm.extract.repair import set_aside_damaged
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _SHARD_NAME = re.compile(r"^r(\d{3})-(\d{5})\.h5$")
 
 
@@ -76,26 +79,48 @@ class CacheStore:
     def complete_shards(self) -> list[Path]:
         return sorted(p for p in self.dir.glob(SHARD_GLOB) if _SHARD_NAME.match(p.name))
 
-    def check_compatible(self) -> None:
-        """Refuse to add tokens from another model/T/... to an existing cache."""
+    def check_compatible(self) -> list[str]:
+        """Refuse to add tokens from another model/T/... to an existing cache.
+
+        A damaged index of ours is no reason to refuse: it is rebuilt from the shards at the end
+        of the run (the returned note says so). Damaged shards are set aside before this.
+        """
+        notes = []
         sources = [self.index_path] if self.index_path.exists() else []
         for path in sources + self.complete_shards()[:1]:
             try:
                 with h5py.File(path, "r") as f:
                     theirs = CacheInfo.from_json(f.attrs["info"])
-            except (OSError, KeyError, TypeError, ValueError):
+            except (OSError, KeyError, TypeError, ValueError) as err:
+                if isinstance(err, OSError) and path == self.index_path and self._ours(path):
+                    notes.append(f"{path}: unreadable index ({error_line(err)}); rebuilt from the shards at the end")
+                    continue
                 raise UserError(f"{path}: exists but is not a readable redvillm cache; "
                                 "move it away or pass --overwrite") from None
             why = self.info.mismatch(theirs)
             if why:
                 raise UserError(f"{path}: made for another configuration ({why}); "
                                 "use another OUT or pass --overwrite to replace it")
+        return notes
+
+    def _ours(self, index: Path) -> bool:
+        """An unreadable OUT that extract wrote (a torn HDF5 file, or beside our shards), not a stranger's file."""
+        with open(index, "rb") as f:
+            head = f.read(8)
+        return head in (b"", HDF5_SIGNATURE) or bool(self.complete_shards())
+
+    def set_aside_damaged(self, verify: bool = False) -> list[str]:
+        """Rename damaged shards ``*.h5.damaged`` so their videos are extracted again (see repair.py)."""
+        return set_aside_damaged(self.complete_shards(), verify)
 
     def done_ids(self) -> set[str]:
         done: set[str] = set()
         for path in self.complete_shards():
-            with h5py.File(path, "r") as f:
-                done.update(f["videos"].keys())
+            try:
+                with h5py.File(path, "r") as f:
+                    done.update(shard_videos(f))
+            except (OSError, KeyError):  # damaged since rank 0 looked: extracted again
+                continue
         return done
 
     def failures(self) -> dict[str, Failure]:
@@ -124,26 +149,35 @@ class CacheStore:
 
     def write_index(self, extract_config: dict) -> int:
         """Rebuild OUT.h5 from the complete shards (atomically); returns the video count."""
-        shard_names, ids, shard_of = [], [], []
+        shard_names, ids, names, shard_of, checked = [], [], [], [], []
         seen: set[str] = set()
         for position, path in enumerate(self.complete_shards()):
             shard_names.append(path.name)
             with h5py.File(path, "r") as f:
-                for video_id in f["videos"].keys():
+                checked.append(f.attrs.get("checksum") == CHECKSUM)
+                for video_id, name in shard_videos(f).items():
                     if video_id not in seen:  # only two concurrent runs on one OUT could duplicate
                         seen.add(video_id)
                         ids.append(video_id)
+                        names.append(name)
                         shard_of.append(position)
         order = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.array([], int)
+        keys = [dataset_name(video_id) for video_id in ids]
         tmp = self.index_path.with_name(f".{self.index_path.name}.tmp-{os.getpid()}")
         string = h5py.string_dtype()
-        with h5py.File(tmp, "w") as f:
-            _write_header(f, self.info)
-            f.attrs["extract_config"] = json.dumps(extract_config, sort_keys=True, ensure_ascii=False)
-            f.create_dataset("shards", data=np.array(shard_names, dtype=object), dtype=string)
-            f.create_dataset("video_ids", data=np.array(ids, dtype=object)[order], dtype=string)
-            f.create_dataset("video_shard", data=np.array(shard_of, dtype=np.int32)[order])
-        os.replace(tmp, self.index_path)
+        try:
+            with h5py.File(tmp, "w") as f:
+                _write_header(f, self.info)
+                f.attrs["checksum"] = CHECKSUM if all(checked) else "partial"  # a resumed first-release cache
+                f.attrs["extract_config"] = json.dumps(extract_config, sort_keys=True, ensure_ascii=False)
+                f.create_dataset("shards", data=np.array(shard_names, dtype=object), dtype=string)
+                f.create_dataset("video_ids", data=np.array(keys, dtype=object)[order], dtype=string)
+                f.create_dataset("video_names", data=np.array(names, dtype=object)[order], dtype=string)
+                f.create_dataset("video_shard", data=np.array(shard_of, dtype=np.int32)[order])
+            os.replace(tmp, self.index_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk, a kill: the previous index stays in place
+            raise
         return len(ids)
 
 
@@ -151,6 +185,30 @@ def _write_header(f: h5py.File, info: CacheInfo) -> None:
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["info"] = info.to_json()
+    f.attrs["checksum"] = CHECKSUM
+    f.attrs["dataset_names"] = ESCAPED_NAMES
+
+
+class NonFiniteTokens(ValueError):
+    """Tokens refused by ``ShardWriter.add``; the message says how many values are NaN/inf."""
+
+
+def nonfinite_reason(tokens: np.ndarray) -> str | None:
+    """Why float16 tokens cannot be stored (NaN, or inf from an overflow past 65504), or None."""
+    if all_finite(tokens):
+        return None
+    return (f"{count_nonfinite(tokens)} of {tokens.size} token values are not finite in {tokens.dtype} "
+            "(NaN, or beyond float16's range of 65504); not stored")
+
+
+def _storable(value):
+    """Attribute values as HDF5 holds them: a str that is not UTF-8 (a file name) as raw bytes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return np.bytes_(value.encode("utf-8", "surrogateescape"))
+    return value
 
 
 class ShardWriter:
@@ -164,14 +222,23 @@ class ShardWriter:
         self.finished: list[Path] = []
 
     def add(self, video_id: str, tokens: np.ndarray, attrs: dict) -> Path | None:
-        """Store (T, N, D) tokens; returns the shard path if this completed a shard."""
+        """Store (T, N, D) tokens; returns the shard path if this completed a shard.
+
+        One chunk per frame keeps a whole-video read one pass over the file, and fletcher32 makes
+        a corrupted block fail its read instead of coming back as numbers.
+        """
+        tokens = tokens.astype(np.float16, copy=False)
+        why = nonfinite_reason(tokens)  # after the cast: an overflow past 65504 is an inf too
+        if why is not None:
+            raise NonFiniteTokens(why)
         if self._file is None:
             self._file = h5py.File(self._tmp_path(), "w")
             _write_header(self._file, self.info)
             self._file.create_group("videos")
-        dataset = self._file["videos"].create_dataset(video_id, data=tokens.astype(np.float16, copy=False))
+        dataset = self._file["videos"].create_dataset(dataset_name(video_id), data=tokens,
+                                                      chunks=(1, *tokens.shape[1:]), fletcher32=True)
         for key, value in attrs.items():
-            dataset.attrs[key] = value
+            dataset.attrs[key] = _storable(value)
         self._bytes += dataset.nbytes
         return self.close_shard() if self._bytes >= self.max_bytes else None
 
@@ -189,6 +256,26 @@ class ShardWriter:
         self.seq += 1
         self.finished.append(final)
         return final
+
+    def abandon(self) -> None:
+        """Drop the shard being written after a failed write (a full disk): its space first, then the file.
+
+        Truncating first leaves HDF5 room to write its closing metadata, instead of failing again
+        and crashing the process at exit; the file is then removed.
+        """
+        if self._file is None:
+            return
+        tmp = self._tmp_path()
+        try:
+            os.truncate(tmp, 0)
+        except OSError:
+            pass
+        try:
+            self._file.close()
+        except (OSError, RuntimeError):
+            pass  # the file is removed below whatever HDF5 managed to write
+        self._file, self._bytes = None, 0
+        tmp.unlink(missing_ok=True)
 
     def _tmp_path(self) -> Path:
         return self.dir / f".tmp-r{self.rank:03d}-{self.seq:05d}.h5"

@@ -6,20 +6,34 @@
       attrs  format="redvillm-cache", format_version=1,
              info=JSON           provenance shared by every video (see CacheInfo)
              extract_config=JSON the resolved ExtractConfig of the run that last wrote it
+             checksum="fletcher32"   every shard's token datasets carry HDF5's checksum
+                                     ("partial": some shards predate it)
+             dataset_names="escaped" `video_ids` holds escaped ids (see below)
       shards       (S,) str      shard file names, relative to OUT.shards/
-      video_ids    (V,) str      sorted
+      video_ids    (V,) str      ``dataset_name(video_id)`` of every video, sorted by video id
+      video_names  (V,) str      the name of each video's dataset in its shard (differs from the
+                                above only for a shard written before names were escaped)
       video_shard  (V,) int32    position of each video's shard in `shards`
     OUT.shards/
       r{rank:03d}-{seq:05d}.h5  a complete shard; written as .tmp-r{rank:03d}-{seq:05d}.h5 and
                                 renamed once closed, so a killed writer never leaves a shard
                                 that looks complete
-        attrs  format, format_version, info (same JSON as the index)
-        videos/<video_id>       (T, N, D) float16, contiguous, one dataset per video, with attrs
+        attrs  format, format_version, info (same JSON as the index), checksum, dataset_names
+        videos/<name>           (T, N, D) float16, one dataset per video, chunked one frame per
+                                chunk with the fletcher32 checksum filter, with attrs
                frame_indices (T,) int64   decoded frame numbers (repeats = a short video)
                source_frames int, source_fps float, duration_s float, height int, width int,
                path str (as given to extract)
       failures-r{rank:03d}.jsonl one line per video that could not be cached:
                                 {"video_id", "path", "reason", "size", "mtime_ns"}
+
+A dataset is named by its video id, unless HDF5 or a file system cannot hold that id as a name
+(".", "..", "/", leading or trailing spaces, a leading "~", bytes that are not UTF-8): then the
+name is "~" followed by the id's UTF-8 bytes percent-encoded (``dataset_name``); readers give
+back the user's id. Caches written before these attributes existed (no ``checksum``, no
+``dataset_names``) are read as before: contiguous unchecked datasets named by the raw id.
+Readers check every video's tokens are finite and raise ``BadTokens`` for one that is not, or
+whose checksum or read fails.
 
 Readers never depend on the index being fresh: every complete shard carries its own ``info``,
 and re-running extract with nothing left to do rebuilds the index from the shards.
@@ -34,6 +48,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote_to_bytes
 
 import h5py
 import numpy as np
@@ -43,6 +58,8 @@ from redvillm.errors import UserError
 FORMAT = "redvillm-cache"
 FORMAT_VERSION = 1
 SHARD_GLOB = "r*-*.h5"
+CHECKSUM = "fletcher32"  # value of the `checksum` attribute of shards and index written with it
+ESCAPED_NAMES = "escaped"  # value of the `dataset_names` attribute (see the module docstring)
 
 
 class BadTokens(UserError):
@@ -54,7 +71,8 @@ class BadTokens(UserError):
     """
 
     def __init__(self, video_id: str, shard: Path | str, why: str):
-        super().__init__(f"{shard}: video {video_id!r}: {why}; rerun the same redvillm-extract command to repair")
+        super().__init__(f"{shard}: video {video_id!r}: {why}; "
+                         "rerun the same redvillm-extract command with --verify to repair")
         self.video_id, self.shard, self.why = video_id, str(shard), why
 
 
@@ -121,13 +139,17 @@ class TokenCache(Mapping):
                 _check_format(f, path)
                 self.info = json.loads(f.attrs["info"])
                 self.extract_config = json.loads(f.attrs.get("extract_config", "{}"))
-                shard_names = [s.decode() if isinstance(s, bytes) else s for s in f["shards"][()]]
-                ids = [s.decode() if isinstance(s, bytes) else s for s in f["video_ids"][()]]
+                shard_names = [_text(s) for s in f["shards"][()]]
+                keys = [_text(s) for s in f["video_ids"][()]]
+                names = [_text(s) for s in f["video_names"][()]] if "video_names" in f else keys
                 shard_of = f["video_shard"][()]
+                escaped = f.attrs.get("dataset_names") == ESCAPED_NAMES
         except OSError as err:
             raise UserError(f"{path}: not a readable HDF5 cache index ({err}); rerun redvillm-extract") from None
         self.shard_paths = [shards_dir(path) / name for name in shard_names]
+        ids = [video_id_of(key) for key in keys] if escaped else keys
         self._shard_of = dict(zip(ids, shard_of.tolist()))
+        self._name_of = dict(zip(ids, names))
         self._ids = ids
         self._files: OrderedDict[int, h5py.File] = OrderedDict()
         self._max_open = max_open_files
@@ -138,7 +160,24 @@ class TokenCache(Mapping):
         return CacheInfo.from_json(json.dumps(self.info))
 
     def __getitem__(self, video_id: str) -> np.ndarray:
-        return self._dataset(video_id)[()]  # (T, N, D) float16
+        """(T, N, D) float16 tokens; ``BadTokens`` if they fail their checksum, the read, or are not finite."""
+        tokens = self.read_unchecked(video_id)
+        if not all_finite(tokens):
+            bad = count_nonfinite(tokens)
+            raise BadTokens(video_id, self.shard_path(video_id), f"{bad} of {tokens.size} token values are not finite")
+        return tokens
+
+    def read_unchecked(self, video_id: str) -> np.ndarray:
+        """The stored tokens without the finite check (HDF5's checksum still applies)."""
+        dataset = self._dataset(video_id)
+        try:
+            return dataset[()]
+        except OSError as err:  # fletcher32 mismatch, a torn block, an I/O error
+            raise BadTokens(video_id, self.shard_path(video_id), f"unreadable tokens ({error_line(err)})") from None
+
+    def stored_name(self, video_id: str) -> str:
+        """The video's dataset name inside its shard (``dataset_name`` of the id, for new caches)."""
+        return self._name_of[video_id]
 
     def shard_path(self, video_id: str) -> Path:
         """The shard file holding this video's tokens."""
@@ -174,9 +213,12 @@ class TokenCache(Mapping):
             shard = self._shard_of[video_id]
         except KeyError:
             raise KeyError(f"{video_id!r} is not in {self.path}") from None
-        return self._file(shard)["videos"][video_id]
+        try:
+            return self._file(shard, video_id)["videos"][self._name_of[video_id]]
+        except (OSError, KeyError) as err:  # a damaged group or a shard that lost the video
+            raise BadTokens(video_id, self.shard_paths[shard], f"cannot find its tokens ({error_line(err)})") from None
 
-    def _file(self, shard: int) -> h5py.File:
+    def _file(self, shard: int, video_id: str) -> h5py.File:
         if os.getpid() != self._pid:  # forked (DataLoader worker): never share HDF5 handles
             self._files = OrderedDict()
             self._pid = os.getpid()
@@ -187,7 +229,7 @@ class TokenCache(Mapping):
         try:
             handle = h5py.File(path, "r")
         except OSError as err:
-            raise UserError(f"{path}: cannot open cache shard ({err}); rerun redvillm-extract to repair") from None
+            raise BadTokens(video_id, path, f"cannot open its shard ({error_line(err)})") from None
         self._files[shard] = handle
         if len(self._files) > self._max_open:
             self._files.popitem(last=False)[1].close()
@@ -202,9 +244,72 @@ def _check_format(f: h5py.File, path: Path) -> None:
         raise UserError(f"{path}: cache format v{version}, this redvillm reads v{FORMAT_VERSION}; re-extract")
 
 
+def dataset_name(video_id: str) -> str:
+    """The HDF5 dataset name of a video id: the id itself when HDF5 and file systems can hold it."""
+    if _plain_name(video_id):
+        return video_id
+    return "~" + quote(video_id.encode("utf-8", "surrogateescape"), safe="")
+
+
+def video_id_of(name: str) -> str:
+    """The video id of a dataset name written by ``dataset_name`` (its inverse)."""
+    if not name.startswith("~"):
+        return name
+    return unquote_to_bytes(name[1:]).decode("utf-8", "surrogateescape")
+
+
+def _plain_name(video_id: str) -> bool:
+    if video_id in ("", ".", "..") or video_id.startswith("~") or video_id != video_id.strip():
+        return False
+    if "/" in video_id or not video_id.isprintable():
+        return False
+    try:
+        video_id.encode("utf-8")  # a non-UTF-8 file name arrives with surrogate escapes
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shard_videos(shard: h5py.File) -> dict[str, str]:
+    """video id -> dataset name, for every video of an open shard (escaped or not)."""
+    names = list(shard["videos"].keys())
+    if shard.attrs.get("dataset_names") == ESCAPED_NAMES:
+        return {video_id_of(name): name for name in names}
+    return {name: name for name in names}
+
+
+def all_finite(tokens: np.ndarray) -> bool:
+    """No NaN or inf in `tokens`; for float16, a bit test over blocks (a few ms per 100 MB)."""
+    if tokens.dtype != np.float16:
+        return bool(np.isfinite(tokens).all())
+    bits = np.ascontiguousarray(tokens).reshape(-1).view(np.uint16)
+    if bits.size == 0:
+        return True
+    block = np.empty(min(bits.size, 1 << 16), np.uint16)
+    for start in range(0, bits.size, block.size):
+        part = block[: min(block.size, bits.size - start)]
+        np.bitwise_and(bits[start : start + part.size], 0x7C00, out=part)  # the exponent bits
+        if part.max() == 0x7C00:  # all ones: inf or NaN
+            return False
+    return True
+
+
+def count_nonfinite(tokens: np.ndarray) -> int:
+    return int(tokens.size - np.count_nonzero(np.isfinite(tokens)))
+
+
+def error_line(err: Exception) -> str:
+    """The first line of an exception's message (h5py's can run over several)."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _plain(value):
     if isinstance(value, bytes):
-        return value.decode()
+        return _text(value)
     if isinstance(value, np.generic):
         return value.item()
     return value

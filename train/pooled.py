@@ -139,8 +139,9 @@ class PooledStore:
     def get(self, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(temporal (T, D), spatial (N, D)) float32 for one video."""
         f = self._file(self.pooled_path(self.cache.shard_path(video_id)))
-        temporal = torch.from_numpy(f["temporal"][video_id][()]).float()
-        spatial = torch.from_numpy(f["spatial"][video_id][()]).float()
+        name = self.cache.stored_name(video_id)  # pooled files use their cache shard's dataset names
+        temporal = torch.from_numpy(f["temporal"][name][()]).float()
+        spatial = torch.from_numpy(f["spatial"][name][()]).float()
         return temporal, spatial
 
     def nonfinite(self, video_id: str, temporal: torch.Tensor, spatial: torch.Tensor) -> str | None:
