@@ -69,7 +69,8 @@ from redvillm.train.config import TrainConfig  # noqa: E402
 from redvillm.train.data import InstructionDataset, ResumableSampler, TrainItem, collate_items  # noqa: E402
 from redvillm.train import loop as train_loop  # noqa: E402
 from redvillm.train.loop import _step, run_train  # noqa: E402  (the step run_train takes)
-from redvillm.train.pooled import PooledStore, _count_nonfinite  # noqa: E402
+from redvillm.cache import count_nonfinite  # noqa: E402
+from redvillm.train.pooled import PooledStore  # noqa: E402
 
 # Encoder as in bench/extract.py (N = 196, D = 128); a 2-layer LLM of width 128.
 BENCH = dict(
@@ -281,7 +282,7 @@ def measure_checks(trainer: Trainer, cache_path: Path, args, rounds: int = 12, s
     cache = open_cache(cache_path)
     ids = list(cache)[: min(len(cache), 16)]
     read_s, tokens = timed(lambda: [read_and_pool(trainer, cache, v) for v in ids])
-    check_s, _ = timed(lambda: [_count_nonfinite(t) for t in tokens])
+    check_s, _ = timed(lambda: [count_nonfinite(t) for t in tokens])
     with_rate, without_rate = statistics.median(rates["with"]), statistics.median(rates["without"])
     check_ms = 1e3 * (data_s + step_s) / repeats
     return dict(with_steps_per_s=with_rate, without_steps_per_s=without_rate, ratio=with_rate / without_rate,

@@ -295,6 +295,9 @@ def all_finite(tokens: np.ndarray) -> bool:
 
 
 def count_nonfinite(tokens: np.ndarray) -> int:
+    """How many NaN/inf values `tokens` holds (for float16: all exponent bits set, faster than isfinite)."""
+    if tokens.dtype == np.float16:
+        return int(np.count_nonzero((np.ascontiguousarray(tokens).view(np.uint16) & 0x7C00) == 0x7C00))
     return int(tokens.size - np.count_nonzero(np.isfinite(tokens)))
 
 
