@@ -14,6 +14,7 @@ rank 0 merges the parts into PREDS by question id.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -32,7 +33,9 @@ from redvillm.cache import open_cache
 from redvillm.errors import UserError
 from redvillm.evaluate.questions import Question, read_questions
 from redvillm.families.registry import family_for_cache
-from redvillm.model_io import load_model, write_json
+from redvillm.model_io import check_cache_for_run, load_model, write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class PredictSummary:
     missing_video: list[str] = field(default_factory=list)  # video ids not in the cache
     unmatched: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    frames_differ: dict[str, dict] = field(default_factory=dict)  # T / sampling vs the training cache
 
 
 def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None = None) -> PredictSummary:
@@ -76,13 +80,13 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
     dtype = distributed.resolve_dtype(cfg.dtype, device)
     cache = open_cache(cfg.cache)
     model = load_model(cfg.model_dir, device, dtype)
-    _check_cache(cache, model, cfg)
+    differences = _check_cache(cache, model, cfg)
     found = read_questions(cfg.questions, cfg.answers, video_ids=cache, task=cfg.task)
     output = Path(cfg.output)
     done = read_predictions(output) | _read_parts(output)
     mine = [q for q in found.questions[info.rank::info.world_size] if q.question_id not in done]
     summary = PredictSummary(output, len(found.questions), len(found.questions) - _count_left(found, done),
-                             0, found.missing_video_ids, found.unmatched)
+                             0, found.missing_video_ids, found.unmatched, frames_differ=differences)
     target = output if info.world_size == 1 else _part_path(output, info.rank)
     target.parent.mkdir(parents=True, exist_ok=True)
     if cfg.do_sample:
@@ -202,13 +206,20 @@ def _meta(cfg: PredictConfig, model, cache, found, summary: PredictSummary) -> d
             "answers_file": str(found.answers_path) if found.answers_path else None,
             "questions": summary.questions, "answered": len(read_predictions(summary.output)),
             "missing_video_questions": len(found.missing_video), "missing_videos": summary.missing_video,
-            "unmatched": summary.unmatched}
+            "unmatched": summary.unmatched, "frames_differ_from_training": summary.frames_differ}
 
 
-def _check_cache(cache, model, cfg: PredictConfig) -> None:
-    info, config = cache.info, model.config
-    if (info["family"], info["hidden_size"]) != (config.family, config.hidden_size) or \
-            info["num_patches"] != config.num_patches:
-        raise UserError(f"{cfg.cache}: tokens of {info['model']} (N={info['num_patches']}, D={info['hidden_size']}) "
-                        f"do not fit {cfg.model_dir} (trained on {config.model}, N={config.num_patches}, "
-                        f"D={config.hidden_size}); extract the benchmark's videos with the model it was trained on")
+def _check_cache(cache, model, cfg: PredictConfig) -> dict[str, dict]:
+    """Refuse tokens the run cannot read; T / sampling differences are warned about and recorded.
+
+    Another T or sampling rule than in training still gives tokens the model reads (pooling
+    makes (T + N) video tokens of any T), and answering at another T is a legitimate
+    experiment, so it is not refused; but the number is then not the training setting's, so the
+    difference is printed and written to PREDS.meta.json ("frames_differ_from_training").
+    """
+    differences = check_cache_for_run(cfg.cache, cache.info, model.config, cfg.model_dir)
+    for key, values in differences.items():
+        log.warning("%s: %s is %r here but %r in %s's training cache; answers are for this setting, not the "
+                    "training one (recorded in the meta file)", cfg.cache, key, values["this cache"],
+                    values["training"], cfg.model_dir)
+    return differences

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from redvillm.cache import FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, shards_dir
+from redvillm.cache import FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, cache_mismatch, shards_dir
 from redvillm.errors import UserError
 
 _SHARD_NAME = re.compile(r"^r(\d{3})-(\d{5})\.h5$")
@@ -86,7 +86,7 @@ class CacheStore:
             except (OSError, KeyError, TypeError, ValueError):
                 raise UserError(f"{path}: exists but is not a readable redvillm cache; "
                                 "move it away or pass --overwrite") from None
-            why = self.info.mismatch(theirs)
+            why = cache_mismatch(theirs, self.info, append=True, cached_as="there", wanted_as="here")
             if why:
                 raise UserError(f"{path}: made for another configuration ({why}); "
                                 "use another OUT or pass --overwrite to replace it")

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import redvillm
+from redvillm.cache import cache_mismatch, frame_differences
 from redvillm.errors import UserError
 from redvillm.families.registry import load_family
 from redvillm.video_llm import VideoAdapter, VideoLLM
@@ -90,6 +91,32 @@ def read_model_config(run_dir: Path) -> VideoModelConfig:
     data = json.loads(path.read_text(encoding="utf-8"))
     known = VideoModelConfig.__dataclass_fields__
     return VideoModelConfig(**{k: v for k, v in data.items() if k in known})
+
+
+def trained_tokens(config: VideoModelConfig) -> dict:
+    """The provenance of the tokens a run was trained on: its training cache's, or (runs that did
+    not record it) what its config states."""
+    recorded = config.extra.get("cache")
+    if recorded:
+        return dict(recorded)
+    return {"family": config.family, "model": config.model, "revision": config.revision,
+            "num_frames": config.num_frames, "num_patches": config.num_patches, "hidden_size": config.hidden_size}
+
+
+def check_cache_for_run(cache_path, cache_info: dict, config: VideoModelConfig, run_dir) -> dict[str, dict]:
+    """Refuse cached tokens a trained run cannot read (redvillm.cache.cache_mismatch), in one line.
+
+    Returns how the cache's frames differ from the training cache's (T, sampling rule,
+    short-video policy; redvillm.cache.frame_differences): such tokens fit the model, and the
+    caller warns and records the difference rather than refusing.
+    """
+    trained = trained_tokens(config)
+    why = cache_mismatch(cache_info, trained, wanted_as=f"for the run {run_dir}")
+    if why:
+        raise UserError(f"{cache_path}: tokens do not fit the run {run_dir} ({why}); extract these videos with "
+                        f"`redvillm-extract VIDEOS NEW.h5 --model {trained['model']}` and the run's vision "
+                        "settings, then pass --cache NEW.h5")
+    return frame_differences(cache_info, trained)
 
 
 def write_json(path: Path, data) -> None:

@@ -1,0 +1,80 @@
+"""Issue 10 on the evaluation side: no silent wrong number, no lost run (predict, runs, caches)."""
+
+import json
+
+import pytest
+
+from redvillm.cache import CacheInfo, cache_mismatch, frame_differences
+from redvillm.errors import UserError
+from redvillm.evaluate.predict import PredictConfig, read_predictions, run_predict
+
+
+def _extract(videos, model, out, num_frames=8):
+    from redvillm.extract.config import ExtractConfig
+    from redvillm.extract.pipeline import run_extract
+
+    run_extract(ExtractConfig(str(videos), str(out), model=str(model), num_frames=num_frames, decode_workers=1,
+                              device="cpu"))
+    return out
+
+
+def _questions(qa_file, tmp_path, name="qa.json", extra=()):
+    rows = [{"video_name": r["video_id"], "question": r["q"], "answer": r["a"], "question_id": f"q{i}"}
+            for i, r in enumerate(json.loads(qa_file.read_text()))]
+    path = tmp_path / name
+    path.write_text(json.dumps(rows + list(extra), ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _predict(run, cache, questions, output, **overrides):
+    return run_predict(PredictConfig(str(run), str(cache), str(questions), str(output), batch_size=4,
+                                     max_new_tokens=3, device="cpu", **overrides))
+
+
+# ------------------------------------------------------------------ 3: one compatibility check
+
+
+def _info(**changes) -> CacheInfo:
+    base = dict(family="llava", model="/m", revision=None, vision={"vision_feature_layer": -2},
+                image_size=(224, 224), num_frames=8, num_patches=49, hidden_size=64, sampling_rule="uniform",
+                short_videos="repeat", compute_dtype="float32", redvillm_version="0")
+    return CacheInfo(**{**base, **changes})
+
+
+def test_one_check_reads_what_fits_a_model_and_appends_only_the_same_configuration():
+    cached = _info()
+    assert cache_mismatch(cached, _info(num_frames=100, sampling_rule="videochatgpt")) is None  # tokens still fit
+    assert cache_mismatch(cached, {"family": "llava", "revision": None}) is None  # unstated keys: not compared
+    assert cache_mismatch(cached, _info(vision={"vision_feature_layer": -1})) == \
+        "vision.vision_feature_layer is -2 in the cache, -1 here"
+    assert cache_mismatch(cached, _info(image_size=[336, 336])).startswith("image_size is (224, 224)")
+    assert cache_mismatch(cached, _info(model="/other")) == "model is '/m' in the cache, '/other' here"
+    assert cache_mismatch(cached, _info(num_frames=100), append=True) == "num_frames is 8 in the cache, 100 here"
+    assert cache_mismatch(cached, _info(redvillm_version="9"), append=True) is None
+    assert frame_differences(cached, _info(num_frames=100)) == \
+        {"num_frames": {"training": 100, "this cache": 8}}
+
+
+def test_predict_refuses_a_same_family_cache_of_another_vision_layer(trained_run, synthetic_videos, qa_file,
+                                                                     tmp_path):
+    from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
+
+    other = build_tiny_llava(tmp_path / "other-layer", TinyLlavaConfig(vision_feature_layer=-1))
+    cache = _extract(synthetic_videos, other, tmp_path / "other.h5")
+    out = tmp_path / "preds.jsonl"
+    with pytest.raises(UserError, match=r"other\.h5: tokens do not fit the run .*vision\.vision_feature_layer is "
+                                        r"-1 in the cache, -2 for the run.*redvillm-extract VIDEOS NEW\.h5 --model"):
+        _predict(trained_run, cache, _questions(qa_file, tmp_path), out)
+    assert not out.exists()
+
+
+def test_predict_at_another_T_answers_warns_and_records(trained_run, synthetic_videos, tiny_llava, qa_file,
+                                                        tmp_path, caplog):
+    cache = _extract(synthetic_videos, tiny_llava, tmp_path / "t4.h5", num_frames=4)
+    out = tmp_path / "preds.jsonl"
+    summary = _predict(trained_run, cache, _questions(qa_file, tmp_path), out)
+    assert summary.answered == 8 and summary.frames_differ == {"num_frames": {"training": 8, "this cache": 4}}
+    meta = json.loads((tmp_path / "preds.meta.json").read_text())
+    assert meta["frames_differ_from_training"] == {"num_frames": {"training": 8, "this cache": 4}}
+    assert "num_frames is 4 here but 8" in caplog.text
+    assert len(read_predictions(out)) == 8
