@@ -31,6 +31,7 @@ from redvillm.memory import pin_mmap_threshold
 from redvillm.batching import VideoSample, collate
 from redvillm.cache import open_cache
 from redvillm.errors import UserError
+from redvillm.evaluate.provenance import check_resumable, predictions_fingerprint, start_over, started_by
 from redvillm.evaluate.questions import Question, read_questions
 from redvillm.families.registry import family_for_cache
 from redvillm.model_io import check_cache_for_run, load_model, write_json
@@ -54,6 +55,7 @@ class PredictConfig:
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    overwrite: bool = False  # start OUTPUT anew instead of resuming it
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -83,12 +85,16 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
     differences = _check_cache(cache, model, cfg)
     found = read_questions(cfg.questions, cfg.answers, video_ids=cache, task=cfg.task)
     output = Path(cfg.output)
-    done = read_predictions(output) | _read_parts(output)
+    fingerprint = predictions_fingerprint(cfg, str(dtype).removeprefix("torch."), cache.info, found.answers_path)
+    done = _resume(output, fingerprint, cfg, info)
     mine = [q for q in found.questions[info.rank::info.world_size] if q.question_id not in done]
     summary = PredictSummary(output, len(found.questions), len(found.questions) - _count_left(found, done),
                              0, found.missing_video_ids, found.unmatched, frames_differ=differences)
     target = output if info.world_size == 1 else _part_path(output, info.rank)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if info.is_main and not done:  # the fingerprint is on disk before the first answer
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(_meta_path(output), _meta(cfg, model, cache, found, summary, fingerprint))
     if cfg.do_sample:
         torch.manual_seed(cfg.seed + info.rank)
     pool = _PooledVideos(cache, family_for_cache(model.config.model, model.config.revision, cache.info).pool)
@@ -109,9 +115,22 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
     if info.is_main:
         if info.world_size > 1:
             merge_parts(output, [q.question_id for q in found.questions])
-        write_json(_meta_path(output), _meta(cfg, model, cache, found, summary))
+        write_json(_meta_path(output), _meta(cfg, model, cache, found, summary, fingerprint))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _resume(output: Path, fingerprint: dict, cfg: PredictConfig, info) -> dict[str, dict]:
+    """Answers already in the file (and torchrun parts), refused unless this run, cache and
+    settings started it (evaluate/provenance.py); --overwrite starts it anew."""
+    parts = output.with_name(output.name + ".parts")
+    if cfg.overwrite and info.is_main:
+        start_over(output, _meta_path(output), parts)
+    distributed.barrier()  # rank 0 has removed the old file before anyone reads it
+    done = read_predictions(output) | _read_parts(output)
+    if not cfg.overwrite:
+        check_resumable(output, _meta_path(output), fingerprint, len(done), cfg)
+    return done
 
 
 def _answer(model, pool, batch: list[Question], max_new_tokens: int, sampling: dict) -> list[str]:
@@ -200,8 +219,9 @@ def _meta_path(output: Path) -> Path:
     return output.with_name(output.stem + ".meta.json")
 
 
-def _meta(cfg: PredictConfig, model, cache, found, summary: PredictSummary) -> dict:
+def _meta(cfg: PredictConfig, model, cache, found, summary: PredictSummary, fingerprint: dict) -> dict:
     return {"redvillm_version": redvillm.__version__, "predict_config": asdict(cfg),
+            "fingerprint": fingerprint, "started_by": started_by(cfg),
             "model": asdict(model.config), "cache": cache.info,
             "answers_file": str(found.answers_path) if found.answers_path else None,
             "questions": summary.questions, "answered": len(read_predictions(summary.output)),

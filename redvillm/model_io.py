@@ -8,6 +8,7 @@ A trained run directory holds (see train/):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -91,6 +92,23 @@ def read_model_config(run_dir: Path) -> VideoModelConfig:
     data = json.loads(path.read_text(encoding="utf-8"))
     known = VideoModelConfig.__dataclass_fields__
     return VideoModelConfig(**{k: v for k, v in data.items() if k in known})
+
+
+def run_identity(run_dir: str | os.PathLike) -> dict:
+    """What makes a trained run's answers its own: SHA-256 of its adapter weights and of its config
+    (the config names the base model and its revision), so a moved run is the same run."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    return {"adapter_sha256": file_sha256(run_dir / ADAPTER_FILE),
+            "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def trained_tokens(config: VideoModelConfig) -> dict:

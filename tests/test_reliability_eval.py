@@ -27,8 +27,8 @@ def _questions(qa_file, tmp_path, name="qa.json", extra=()):
 
 
 def _predict(run, cache, questions, output, **overrides):
-    return run_predict(PredictConfig(str(run), str(cache), str(questions), str(output), batch_size=4,
-                                     max_new_tokens=3, device="cpu", **overrides))
+    settings = {"batch_size": 4, "max_new_tokens": 3, "device": "cpu", **overrides}
+    return run_predict(PredictConfig(str(run), str(cache), str(questions), str(output), **settings))
 
 
 # ------------------------------------------------------------------ 3: one compatibility check
@@ -78,3 +78,55 @@ def test_predict_at_another_T_answers_warns_and_records(trained_run, synthetic_v
     assert meta["frames_differ_from_training"] == {"num_frames": {"training": 8, "this cache": 4}}
     assert "num_frames is 4 here but 8" in caplog.text
     assert len(read_predictions(out)) == 8
+
+
+# ------------------------------------------------------------ 2: a predictions file keeps its run
+
+
+@pytest.fixture
+def second_run(small_cache, qa_file, tmp_path):
+    """Another run on the same cache (other seed, so other adapter weights)."""
+    from redvillm.train.config import TrainConfig
+    from redvillm.train.loop import run_train
+
+    from redvillm import open_cache
+
+    out = tmp_path / "run-b"
+    run_train(TrainConfig(str(small_cache), str(qa_file), str(out), model=open_cache(small_cache).info["model"],
+                          batch_size=4, max_steps=1, lr=3e-3, num_workers=0, device="cpu", seed=1))
+    return out
+
+
+def test_predictions_are_resumed_only_by_the_run_and_settings_that_started_them(
+        trained_run, second_run, small_cache, qa_file, tmp_path):
+    questions = _questions(qa_file, tmp_path)
+    out = tmp_path / "preds.jsonl"
+    _predict(trained_run, small_cache, questions, out)
+    before = out.read_text(encoding="utf-8")
+    meta = (tmp_path / "preds.meta.json").read_text()
+
+    with pytest.raises(UserError, match=r"preds\.jsonl: holds 8 answers of other settings \(the run's adapter "
+                                        r"weights differ; the run's config differs\).*--overwrite"):
+        _predict(second_run, small_cache, questions, out)
+    with pytest.raises(UserError, match=r"generation max_new_tokens is 3 there, 5 now"):
+        _predict(trained_run, small_cache, questions, out, max_new_tokens=5)
+    changed = _questions(qa_file, tmp_path, "changed.json",
+                         extra=[{"video_name": "order_0000", "question": "New?", "answer": "x", "question_id": "n"}])
+    with pytest.raises(UserError, match=r"the question file differs"):
+        _predict(trained_run, small_cache, changed, out)
+    assert out.read_text(encoding="utf-8") == before and (tmp_path / "preds.meta.json").read_text() == meta
+
+    again = _predict(trained_run, small_cache, questions, out, batch_size=2)  # same run: resumes
+    assert (again.answered, again.already_answered) == (0, 8)
+    fresh = _predict(second_run, small_cache, questions, out, overwrite=True)
+    assert (fresh.answered, fresh.already_answered) == (8, 0)
+    assert json.loads((tmp_path / "preds.meta.json").read_text())["started_by"]["model_dir"] == str(second_run)
+
+
+def test_answers_without_a_recorded_fingerprint_are_not_resumed(trained_run, small_cache, qa_file, tmp_path):
+    questions = _questions(qa_file, tmp_path)
+    out = tmp_path / "preds.jsonl"
+    _predict(trained_run, small_cache, questions, out)
+    (tmp_path / "preds.meta.json").unlink()
+    with pytest.raises(UserError, match=r"holds 8 answers but preds\.meta\.json does not record"):
+        _predict(trained_run, small_cache, questions, out)
