@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 import redvillm
-from redvillm.cache import cache_mismatch, frame_differences
+from redvillm.cache import cache_mismatch, frame_differences, model_identity
 from redvillm.errors import UserError
 from redvillm.families.registry import load_family
 from redvillm.video_llm import VideoAdapter, VideoLLM
@@ -59,6 +59,7 @@ def build_video_llm(model: str, pooling: str, temporal_module: str, device: torc
 def save_adapter(llm: VideoLLM, out_dir: Path, config: VideoModelConfig) -> None:
     """Write adapter weights and config atomically (temp file + rename), config last."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    config = replace(config, **dict(zip(("model", "revision"), resolve_checkpoint(config.model, config.revision))))
     state = {k: v.detach().contiguous().cpu() for k, v in llm.adapter.state_dict().items()}
     tmp = out_dir / f".{ADAPTER_FILE}.tmp"
     save_file(state, tmp, metadata={"format": "pt", "redvillm": redvillm.__version__})
@@ -66,11 +67,30 @@ def save_adapter(llm: VideoLLM, out_dir: Path, config: VideoModelConfig) -> None
     write_json(out_dir / CONFIG_FILE, asdict(config))
 
 
+def resolve_checkpoint(model: str, revision: str | None) -> tuple[str, str | None]:
+    """How a run records its base model so it loads from anywhere, later: a local directory as its
+    absolute path; a hub id with the commit its revision resolved to (from the local hub cache
+    when offline). A hub id that cannot be resolved keeps the revision it was given."""
+    identity = model_identity(model)
+    if Path(identity).is_absolute():
+        return identity, revision
+    from huggingface_hub import hf_hub_download
+    from transformers.utils.hub import extract_commit_hash
+
+    try:
+        return model, extract_commit_hash(hf_hub_download(model, "config.json", revision=revision), None) or revision
+    except (OSError, ValueError):
+        return model, revision
+
+
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> VideoLLM:
     """Rebuild a trained video LLM from a `redvillm-train` output directory, for inference."""
     run_dir = Path(run_dir)
     config = read_model_config(run_dir)
+    recorded = config.extra.get("cache", {}).get("model")
+    if not Path(config.model).is_absolute() and not Path(config.model).is_dir() and recorded and Path(recorded).is_dir():
+        config.model = recorded  # a run of an earlier version recorded a relative path; its cache is absolute
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     llm = build_video_llm(config.model, config.pooling, config.temporal_module, device, dtype,

@@ -130,3 +130,51 @@ def test_answers_without_a_recorded_fingerprint_are_not_resumed(trained_run, sma
     (tmp_path / "preds.meta.json").unlink()
     with pytest.raises(UserError, match=r"holds 8 answers but preds\.meta\.json does not record"):
         _predict(trained_run, small_cache, questions, out)
+
+
+# ------------------------------------------------------- 4: a run loads from any working directory
+
+
+def test_a_run_trained_with_a_relative_model_path_loads_from_elsewhere(small_cache, tiny_llava, qa_file, tmp_path,
+                                                                       monkeypatch):
+    from redvillm import load_model
+    from redvillm.train.config import TrainConfig
+    from redvillm.train.loop import run_train
+
+    monkeypatch.chdir(tiny_llava.parent)
+    run = tmp_path / "run"
+    run_train(TrainConfig(str(small_cache), str(qa_file), str(run), model=tiny_llava.name, batch_size=4,
+                          max_steps=1, num_workers=0, device="cpu"))
+    recorded = json.loads((run / "redvillm_config.json").read_text())
+    assert recorded["model"] == str(tiny_llava.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_model(run).config.model == str(tiny_llava.resolve())
+    summary = _predict(run, small_cache, _questions(qa_file, tmp_path), tmp_path / "p.jsonl")
+    assert summary.answered == 8
+    recorded["model"] = tiny_llava.name  # as an earlier version recorded it: its cache's record is used
+    (run / "redvillm_config.json").write_text(json.dumps(recorded))
+    assert load_model(run).config.model == str(tiny_llava.resolve())
+
+
+def test_a_hub_model_is_recorded_with_its_resolved_commit(tiny_llava, tmp_path):
+    """Offline, as far as it goes: a hub cache laid out as huggingface_hub writes it, resolved
+    by huggingface_hub itself in a fresh process (its cache location is read at import)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llava"
+    shutil.copytree(tiny_llava, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("from redvillm.model_io import resolve_checkpoint; "
+            "print(resolve_checkpoint('tiny-org/tiny-llava', None)); print(resolve_checkpoint('tiny-org/tiny-llava', 'main')); "
+            "print(resolve_checkpoint('tiny-org/absent', 'main'))")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    lines = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path).stdout.splitlines()
+    assert lines == [f"('tiny-org/tiny-llava', '{commit}')"] * 2 + ["('tiny-org/absent', 'main')"]
