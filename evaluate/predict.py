@@ -5,8 +5,11 @@ at most the batch in flight; a rerun skips every question already answered):
 
     {"question_id", "video_id", "task", "qtype", "pair", "question", "answer", "pred"}
 
-and beside it PREDS.meta.json: the model, cache, question file, generation parameters, and the
-questions that could not be answered (video not in the cache, answer rows that did not join).
+and beside it PREDS.meta.json: the model, cache, question file, generation parameters, the
+fingerprint of what started the file (only that may resume it: evaluate/provenance.py), and the
+questions that could not be answered (video not in the cache, answer rows that did not join,
+questions that with their video tokens and max_new_tokens exceed the LLM's context: skipped with a
+warning, "too_long").
 Under torchrun each rank answers questions[rank::world] into PREDS.parts/rank<r>.jsonl, and
 rank 0 merges the parts into PREDS by question id.
 """
@@ -28,7 +31,7 @@ import torch
 import redvillm
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
-from redvillm.batching import VideoSample, collate
+from redvillm.batching import VideoSample, collate, context_length, sequence_length
 from redvillm.cache import open_cache
 from redvillm.errors import UserError
 from redvillm.evaluate.provenance import check_resumable, predictions_fingerprint, start_over, started_by
@@ -72,6 +75,7 @@ class PredictSummary:
     unmatched: list[str] = field(default_factory=list)
     seconds: float = 0.0
     frames_differ: dict[str, dict] = field(default_factory=dict)  # T / sampling vs the training cache
+    too_long: list[dict] = field(default_factory=list)  # questions longer than the LLM's context: skipped
 
 
 def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None = None) -> PredictSummary:
@@ -99,19 +103,9 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
         torch.manual_seed(cfg.seed + info.rank)
     pool = _PooledVideos(cache, family_for_cache(model.config.model, model.config.revision, cache.info).pool)
     sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample else {}
-    _end_partial_line(target)
-    with open(target, "a", encoding="utf-8") as out:
-        for start in range(0, len(mine), cfg.batch_size):
-            batch = mine[start : start + cfg.batch_size]
-            preds = _answer(model, pool, batch, cfg.max_new_tokens, sampling)
-            for question, pred in zip(batch, preds):
-                out.write(json.dumps(_record(question, pred), ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-            summary.answered += len(batch)
-            if progress:
-                progress(summary.answered, len(mine))
+    _answer_all(model, pool, mine, target, cfg, sampling, summary, progress)
     distributed.barrier()
+    summary.too_long = _gather(summary.too_long, info)
     if info.is_main:
         if info.world_size > 1:
             merge_parts(output, [q.question_id for q in found.questions])
@@ -133,8 +127,56 @@ def _resume(output: Path, fingerprint: dict, cfg: PredictConfig, info) -> dict[s
     return done
 
 
-def _answer(model, pool, batch: list[Question], max_new_tokens: int, sampling: dict) -> list[str]:
-    samples = [VideoSample(model.chat.encode(q.question), *pool.get(q.video_id)) for q in batch]
+def _answer_all(model, pool, mine: list[Question], target: Path, cfg: PredictConfig, sampling: dict,
+                summary: PredictSummary, progress) -> None:
+    """Answer `mine` batch by batch into `target` (appended, fsynced); questions longer than the
+    LLM's context are skipped into summary.too_long instead of being sent."""
+    context = context_length(model.backbone.config)
+    _end_partial_line(target)
+    with open(target, "a", encoding="utf-8") as out:
+        for start in range(0, len(mine), cfg.batch_size):
+            batch = _fitting(model, pool, mine[start : start + cfg.batch_size], context, cfg, summary.too_long)
+            preds = _answer(model, [sample for _, sample in batch], cfg.max_new_tokens, sampling) if batch else []
+            for (question, _), pred in zip(batch, preds):
+                out.write(json.dumps(_record(question, pred), ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            summary.answered += len(batch)
+            if progress:
+                progress(summary.answered + len(summary.too_long), len(mine))
+
+
+def _fitting(model, pool, batch: list[Question], context: int | None, cfg: PredictConfig,
+             too_long: list[dict]) -> list[tuple[Question, VideoSample]]:
+    """The batch's questions whose prompt, video tokens and max_new_tokens fit the context."""
+    kept = []
+    for question in batch:
+        sample = VideoSample(model.chat.encode(question.question), *pool.get(question.video_id))
+        video_tokens = model.adapter.layout.num_video_tokens(sample.temporal.shape[0], sample.spatial.shape[0])
+        length = sequence_length(sample.chat, video_tokens, new_tokens=cfg.max_new_tokens)
+        if context is not None and length > context:
+            too_long.append({"question_id": question.question_id, "video_id": question.video_id,
+                             "tokens": length, "context": context})
+            log.warning("%s: question %s (video %s) needs %d positions with its video tokens and %d new tokens, "
+                        "more than the model's context of %d: skipped", cfg.questions, question.question_id,
+                        question.video_id, length, cfg.max_new_tokens, context)
+        else:
+            kept.append((question, sample))
+    return kept
+
+
+def _gather(items: list, info) -> list:
+    """Every rank's list, concatenated (the list itself in a single process)."""
+    if info.world_size == 1:
+        return items
+    import torch.distributed as dist
+
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def _answer(model, samples: list[VideoSample], max_new_tokens: int, sampling: dict) -> list[str]:
     pad = model.chat.tokenizer.pad_token_id if model.chat.tokenizer.pad_token_id is not None else model.chat.eos_id
     inputs = collate(samples, model.adapter.layout, model.chat.placeholder_id, pad, padding_side="left",
                      with_labels=False).to(model.device)
@@ -226,7 +268,8 @@ def _meta(cfg: PredictConfig, model, cache, found, summary: PredictSummary, fing
             "answers_file": str(found.answers_path) if found.answers_path else None,
             "questions": summary.questions, "answered": len(read_predictions(summary.output)),
             "missing_video_questions": len(found.missing_video), "missing_videos": summary.missing_video,
-            "unmatched": summary.unmatched, "frames_differ_from_training": summary.frames_differ}
+            "unmatched": summary.unmatched, "frames_differ_from_training": summary.frames_differ,
+            "too_long_questions": len(summary.too_long), "too_long": summary.too_long}
 
 
 def _check_cache(cache, model, cfg: PredictConfig) -> dict[str, dict]:

@@ -62,3 +62,21 @@ def _pad_frames(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         padded[i, : row.shape[0]] = row
         mask[i, : row.shape[0]] = True
     return padded, mask
+
+
+def sequence_length(chat: EncodedChat, video_tokens: int, *, new_tokens: int = 0) -> int:
+    """Positions one sample takes in the LLM: the prompt with its placeholder expanded to
+    `video_tokens`, the answer (training; empty at inference) and `new_tokens` to generate.
+    `collate` builds exactly this many positions before padding."""
+    return len(chat.prompt_ids) - 1 + video_tokens + len(chat.answer_ids) + new_tokens
+
+
+def context_length(model_config) -> int | None:
+    """The LLM's context window (max_position_embeddings of its text config), None if not stated.
+
+    A longer sample is skipped with a count and a warning (training and predict), never sent:
+    attention over it would ask for memory the machine does not have, on every rerun.
+    """
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    value = getattr(text_config, "max_position_embeddings", None)
+    return int(value) if value else None

@@ -178,3 +178,38 @@ def test_a_hub_model_is_recorded_with_its_resolved_commit(tiny_llava, tmp_path):
     lines = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            timeout=120, cwd=tmp_path).stdout.splitlines()
     assert lines == [f"('tiny-org/tiny-llava', '{commit}')"] * 2 + ["('tiny-org/absent', 'main')"]
+
+
+# ------------------------------------------------ 15: a question longer than the context is skipped
+
+
+def test_a_question_longer_than_the_context_is_skipped_with_a_warning(trained_run, small_cache, qa_file, tmp_path,
+                                                                      caplog):
+    huge = {"video_name": "order_0000", "question": "Which colour " * 9000 + "?", "answer": "red",
+            "question_id": "huge"}
+    questions = _questions(qa_file, tmp_path, extra=[huge])
+    out = tmp_path / "preds.jsonl"
+    summary = _predict(trained_run, small_cache, questions, out)
+    assert summary.answered == 8 and [row["question_id"] for row in summary.too_long] == ["huge"]
+    assert summary.too_long[0]["context"] == 4096 and summary.too_long[0]["tokens"] > 4096
+    assert "question huge (video order_0000) needs" in caplog.text and "context of 4096: skipped" in caplog.text
+    meta = json.loads((tmp_path / "preds.meta.json").read_text())
+    assert meta["too_long_questions"] == 1 and meta["too_long"][0]["question_id"] == "huge"
+    assert "huge" not in read_predictions(out)
+    again = _predict(trained_run, small_cache, questions, out)  # a rerun: the run goes on, the row stays skipped
+    assert (again.answered, again.already_answered, len(again.too_long)) == (0, 8, 1)
+
+
+@pytest.mark.parametrize("pooling", ["both", "temporal", "spatial"])
+def test_sequence_length_is_what_collate_builds(pooling):
+    import torch
+
+    from redvillm.batching import VideoSample, collate, sequence_length
+    from redvillm.families.chat import EncodedChat
+    from redvillm.video_llm import VideoLayout
+
+    layout = VideoLayout(pooling)
+    sample = VideoSample(EncodedChat([1, 2, 9, 3], [4, 5], 2), torch.zeros(6, 8), torch.zeros(10, 8))
+    batch = collate([sample], layout, placeholder_id=9, pad_id=0)
+    assert sequence_length(sample.chat, layout.num_video_tokens(6, 10)) == batch.input_ids.shape[1]
+    assert sequence_length(sample.chat, layout.num_video_tokens(6, 10), new_tokens=7) == batch.input_ids.shape[1] + 7
