@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from redvillm.extract.videos import not_a_video_file
 from redvillm.frames import FramePreprocess
 
 
@@ -131,6 +132,17 @@ def explain(err: Exception, native: list[str] = ()) -> str:
     return f"{reason} ({native[-1]})" if native else reason
 
 
+def _decodable(jobs: Iterable[DecodeJob], rejected: list[DecodeResult]) -> Iterator[DecodeJob]:
+    """The jobs whose path is a regular file; the others go to `rejected` with their reason, as
+    opening a FIFO would block a worker until the timeout (or for ever)."""
+    for job in jobs:
+        problem = not_a_video_file(Path(job.path))
+        if problem is None:
+            yield job
+        else:
+            rejected.append(DecodeResult(job, error=problem))
+
+
 @dataclass
 class _Worker:
     process: mp.Process
@@ -157,11 +169,14 @@ class DecodePool:
         return _Worker(process, parent)
 
     def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[DecodeResult]:
-        pending = iter(jobs)
+        rejected: list[DecodeResult] = []  # no regular file (FIFO, folder, dangling link): never sent
+        pending = _decodable(jobs, rejected)
         if not self._workers and next(pending, None) is not None:
             raise ValueError("a DecodePool without workers cannot decode")
         self._refill(pending)
         while True:
+            yield from rejected
+            rejected.clear()
             busy = [w for w in self._workers if w.job is not None]
             if not busy:
                 return

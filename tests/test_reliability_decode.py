@@ -32,3 +32,46 @@ def test_a_torn_failure_record_does_not_stop_the_rerun(video_copy, tiny_llava, t
     assert [f.video_id for f in third.failures] == ["also-broken"]
     records = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines()]
     assert [r["video_id"] for r in records] == ["broken", "also-broken"]  # the torn tail was cut, not kept
+
+
+# ------------------------------------------- 14: odd entries are failures with a reason, not ignored
+
+
+def test_fifo_dangling_link_and_folder_named_like_a_video_are_listed_as_failures(video_copy, tiny_llava, tmp_path):
+    os.mkfifo(video_copy / "pipe.mp4")
+    (video_copy / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    (video_copy / "folder.mp4").mkdir()
+    summary = _extract(video_copy, tiny_llava, tmp_path / "c.h5", decode_timeout=60)
+    assert summary.found == 11 and summary.extracted == 8
+    reasons = {f.video_id: f.reason for f in summary.failures}
+    assert "FIFO (named pipe)" in reasons["pipe"]
+    assert reasons["gone"].startswith("dangling symbolic link") and "deleted.mp4" in reasons["gone"]
+    assert reasons["folder"] == "a folder, not a video file"
+    assert summary.seconds < 30  # the FIFO was never opened (a worker would wait the 60 s timeout)
+
+
+def test_strict_rerun_still_fails_when_earlier_failures_were_skipped(video_copy, tiny_llava, tmp_path):
+    import subprocess
+    import sys
+
+    (video_copy / "broken.mp4").write_bytes(b"not a video" * 100)
+    cmd = [sys.executable, "-m", "redvillm.extract", str(video_copy), str(tmp_path / "c.h5"), "--model",
+           str(tiny_llava), "--num-frames", "4", "--decode-workers", "1", "--device", "cpu", "--strict"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert (first.returncode, again.returncode) == (1, 1), again.stderr[-1000:]
+    assert "earlier failures" in again.stderr
+
+
+def test_a_missing_local_model_directory_is_named_and_hub_ids_still_go_to_the_hub():
+    import pytest
+
+    from redvillm.errors import UserError
+    from redvillm.families.registry import load_family
+
+    for path in ("/nonexistent/llava", "./no-such-model", "../no-such-model", "~/no-such-model"):
+        with pytest.raises(UserError, match=f"^{path}: directory does not exist; pass an existing"):
+            load_family(path)
+    with pytest.raises(UserError, match="no-such-org/no-such-model: cannot load its config.json"):
+        load_family("no-such-org/no-such-model")
