@@ -30,6 +30,26 @@ from redvillm.frames import FramePreprocess
 class DecodeJob:
     video_id: str
     path: Path
+    retry: bool = False  # the video timed out in the previous run: this is its one retry
+
+
+# A decode timeout is retried once on the next run (a loaded machine, a slow disk can cause it);
+# timing out again on that retry is recorded as final.
+TIMED_OUT = "decode timed out"
+RETRY_NOTE = "; retried once on the next run"
+STARTED = "started"  # a worker's message when it begins decoding: the timeout counts from there
+
+
+def retry_due(reason: str) -> bool:
+    """Whether a recorded failure is a first timeout, to be decoded once more."""
+    return reason.endswith(RETRY_NOTE)
+
+
+def _timeout_reason(job: DecodeJob, timeout: float) -> str:
+    if job.retry:
+        return (f"{TIMED_OUT} after {timeout:g}s again on its retry (worker killed); not retried again: "
+                "pass --retry-failed, with a longer --decode-timeout if it needs one")
+    return f"{TIMED_OUT} after {timeout:g}s (worker killed){RETRY_NOTE}"
 
 
 @dataclass(frozen=True)
@@ -85,7 +105,10 @@ def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict
 
 
 def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
+    import decord  # noqa: F401 - imported before the first video, so its timeout counts decoding only
     import torch
+
+    import redvillm.extract.sampling  # noqa: F401
 
     torch.set_num_threads(1)  # parallelism comes from the number of workers
     _capture_native_stderr()
@@ -93,6 +116,7 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
         job = conn.recv()
         if job is None:
             return
+        conn.send(STARTED)
         started = time.perf_counter()
         os.ftruncate(2, 0)
         os.lseek(2, 0, os.SEEK_SET)
@@ -148,16 +172,23 @@ class _Worker:
     process: mp.Process
     conn: Connection
     job: DecodeJob | None = None
-    started: float = 0.0
+    sent: float = 0.0  # when the job went down the pipe
+    started: float | None = None  # when the worker began decoding it (its STARTED message)
     handled: int = 0
+
+    def deadline(self, timeout: float, startup: float) -> float:
+        return self.started + timeout if self.started is not None else self.sent + startup
 
 
 class DecodePool:
     """``imap(jobs)`` yields a DecodeResult per job, in completion order."""
 
     def __init__(self, settings: DecodeSettings, num_workers: int = 2, timeout: float = 120.0,
-                 recycle_after: int = 100):
+                 recycle_after: int = 100, startup_timeout: float = 300.0):
+        """timeout: seconds one video may decode (counted from the worker's start of decoding);
+        startup_timeout: seconds a (re)spawned worker may take to import its libraries."""
         self.settings, self.timeout, self.recycle_after = settings, timeout, recycle_after
+        self.startup_timeout = startup_timeout
         self._ctx = mp.get_context("spawn")  # never fork a parent holding torch threads or CUDA
         self._workers = [self._spawn() for _ in range(num_workers)]
 
@@ -185,8 +216,12 @@ class DecodePool:
             for worker in busy:
                 if worker.conn in ready:
                     results.append(self._receive(worker))
-                elif time.perf_counter() - worker.started > self.timeout:
-                    results.append(self._kill(worker, f"decode timed out after {self.timeout:g}s (worker killed)"))
+                elif time.perf_counter() > worker.deadline(self.timeout, self.startup_timeout):
+                    results.append(self._kill(worker, _timeout_reason(worker.job, self.timeout)
+                                              if worker.started is not None else
+                                              f"decoder process did not start within {self.startup_timeout:g}s"
+                                              f" (worker killed){RETRY_NOTE}"))
+            results = [r for r in results if r is not None]  # None: a worker only said it started
             # Idle workers get their next video before the consumer spends time on these results.
             self._refill(pending)
             yield from results
@@ -200,25 +235,28 @@ class DecodePool:
                 worker = self._workers[i] = self._fresh(worker)
                 try:
                     worker.conn.send(job)
-                    worker.job, worker.started = job, time.perf_counter()
+                    worker.job, worker.sent, worker.started = job, time.perf_counter(), None
                 except (BrokenPipeError, OSError):  # died while idle: replace it, resend the job
                     worker.job = job
                     self._kill(worker, "decoder process died while idle")
                     worker = self._workers[i]
                     worker.conn.send(job)
-                    worker.job, worker.started = job, time.perf_counter()
+                    worker.job, worker.sent, worker.started = job, time.perf_counter(), None
 
     def _next_deadline(self, busy: list[_Worker]) -> float:
         now = time.perf_counter()
-        return max(0.01, min(w.started + self.timeout - now for w in busy))
+        return max(0.01, min(w.deadline(self.timeout, self.startup_timeout) - now for w in busy))
 
-    def _receive(self, worker: _Worker) -> DecodeResult:
+    def _receive(self, worker: _Worker) -> DecodeResult | None:
         job = worker.job
         try:
             result = worker.conn.recv()
         except (EOFError, OSError):
             worker.process.join(timeout=5)
             return self._kill(worker, f"decoder process died (exit code {worker.process.exitcode})")
+        if result == STARTED:
+            worker.started = time.perf_counter()
+            return None
         worker.job, worker.handled = None, worker.handled + 1
         assert result.job == job
         return result
@@ -230,7 +268,7 @@ class DecodePool:
         worker.conn.close()
         index = self._workers.index(worker)
         self._workers[index] = self._spawn()
-        return DecodeResult(job, error=reason, seconds=time.perf_counter() - worker.started)
+        return DecodeResult(job, error=reason, seconds=time.perf_counter() - (worker.started or worker.sent))
 
     def _fresh(self, worker: _Worker) -> _Worker:
         """Replace a worker that has decoded enough videos to have leaked noticeably."""

@@ -20,7 +20,7 @@ from redvillm.memory import pin_mmap_threshold
 from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
-from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings
+from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, retry_due
 from redvillm.extract.store import CacheStore, Failure
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
@@ -84,15 +84,16 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     done, failed_before = store.done_ids(), store.failures()
     mine = videos[rank::world]
     todo = [v for v in mine if v.video_id not in done]
+    retry = {v.video_id for v in todo if v.video_id in failed_before and retry_due(failed_before[v.video_id].reason)}
     skip = {v.video_id for v in todo if not cfg.retry_failed and v.video_id in failed_before
-            and failed_before[v.video_id].unchanged()}
+            and v.video_id not in retry and failed_before[v.video_id].unchanged()}
     todo = [v for v in todo if v.video_id not in skip]
     summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
                              token_shape=(info.num_frames, info.num_patches, info.hidden_size))
 
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)
-    jobs = (DecodeJob(v.video_id, v.path) for v in todo)
+    jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
     workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
     with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
         for i, result in enumerate(pool.imap(jobs), 1):

@@ -75,3 +75,31 @@ def test_a_missing_local_model_directory_is_named_and_hub_ids_still_go_to_the_hu
             load_family(path)
     with pytest.raises(UserError, match="no-such-org/no-such-model: cannot load its config.json"):
         load_family("no-such-org/no-such-model")
+
+
+# ------------------------------- 12: the timeout counts decoding only; a timeout is retried once
+
+
+def test_worker_start_up_does_not_count_against_the_decode_timeout(synthetic_videos, tiny_llava, tmp_path):
+    """A spawned decoder takes seconds to import torch and decord; these videos decode in well
+    under a tenth of a second, so a 1 s timeout must not fire."""
+    summary = _extract(synthetic_videos, tiny_llava, tmp_path / "c.h5", decode_timeout=1)
+    assert (summary.extracted, summary.failures) == (8, [])
+
+
+def test_a_timed_out_video_is_retried_once_on_the_next_run(synthetic_videos, tiny_llava, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "slow.mp4").symlink_to(synthetic_videos / "order_0000.mp4")
+    out = tmp_path / "c.h5"
+    slow = {"num_frames": 48, "decode_timeout": 0.001}  # every frame of the file: tens of ms, never 1 ms
+
+    first = _extract(videos, tiny_llava, out, **slow)
+    assert first.failures[0].reason == "decode timed out after 0.001s (worker killed); retried once on the next run"
+    second = _extract(videos, tiny_llava, out, **slow)
+    assert second.skipped_failures == 0 and "again on its retry" in second.failures[0].reason
+    assert "not retried again: pass --retry-failed" in second.failures[0].reason
+    third = _extract(videos, tiny_llava, out, **slow)
+    assert (third.skipped_failures, third.failures) == (1, [])
+    fixed = _extract(videos, tiny_llava, out, num_frames=48, decode_timeout=60, retry_failed=True)
+    assert (fixed.extracted, fixed.failures) == (1, [])
