@@ -4,16 +4,21 @@ decord is unmaintained: on some files it hangs while holding the GIL, segfaults,
 memory. So each worker is a separate (spawned) process that decodes one video at a time,
 samples its frames, applies the backbone's resize/crop (uint8 out, so little crosses the pipe)
 and sends the result back. The parent kills a worker that exceeds the per-video timeout,
-replaces a worker that died, and recycles every worker after ``recycle_after`` videos.
+replaces a worker that died, and recycles every worker after ``recycle_after`` videos. A worker
+exits when the parent dies (killed or crashed): it never lingers, re-parented, on a stuck file.
 While the parent encodes one video, the workers are already decoding the next ones.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import re
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +42,8 @@ class DecodeJob:
 # timing out again on that retry is recorded as final.
 TIMED_OUT = "decode timed out"
 RETRY_NOTE = "; retried once on the next run"
-STARTED = "started"  # a worker's message when it begins decoding: the timeout counts from there
+STARTED = "started"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h  # a worker's message when it begins decoding: the timeout counts from there
 
 
 def retry_due(reason: str) -> bool:
@@ -104,7 +110,8 @@ def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict
     return torch.cat(parts).numpy(), meta
 
 
-def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
+def _worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool) -> None:
+    _exit_with_parent(parent_pid, deathsig)
     import decord  # noqa: F401 - imported before the first video, so its timeout counts decoding only
     import torch
 
@@ -125,6 +132,28 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
             conn.send(DecodeResult(job, frames, meta, seconds=time.perf_counter() - started))
         except Exception as err:  # noqa: BLE001 - any decoder error is a per-video failure
             conn.send(DecodeResult(job, error=explain(err, _native_messages()), seconds=time.perf_counter() - started))
+
+
+def _exit_with_parent(parent_pid: int, deathsig: bool) -> None:
+    """A worker must not outlive its extractor: after a kill -9 of the parent it would be
+    re-parented and, stuck on a file, run for ever. On Linux the kernel kills it with the parent
+    (PR_SET_PDEATHSIG; only asked for when spawned from the main thread, as the signal follows
+    the spawning thread); everywhere a watchdog thread exits once the parent is gone (it also
+    covers a hang that holds the GIL only where the kernel signal exists)."""
+    if deathsig and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still applies
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+
+
+def _watch_parent(parent_pid: int, every: float = 0.5) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _capture_native_stderr() -> None:
@@ -194,7 +223,9 @@ class DecodePool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self.settings), daemon=True)
+        deathsig = threading.current_thread() is threading.main_thread()
+        process = self._ctx.Process(target=_worker_main, args=(child, self.settings, os.getpid(), deathsig),
+                                    daemon=True)
         process.start()
         child.close()
         return _Worker(process, parent)

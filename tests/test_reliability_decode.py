@@ -103,3 +103,54 @@ def test_a_timed_out_video_is_retried_once_on_the_next_run(synthetic_videos, tin
     assert (third.skipped_failures, third.failures) == (1, [])
     fixed = _extract(videos, tiny_llava, out, num_frames=48, decode_timeout=60, retry_failed=True)
     assert (fixed.extracted, fixed.failures) == (1, [])
+
+
+# ---------------------------------------------- 11: no decode worker outlives a killed extractor
+
+ORPHAN_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from redvillm.extract.decode import STARTED, DecodeJob, DecodePool, DecodeSettings
+from redvillm.families.registry import load_family
+
+if __name__ == "__main__":
+    settings = DecodeSettings(4, "uniform", "repeat", load_family(sys.argv[1]).frame_preprocess())
+    pool = DecodePool(settings, num_workers=2, timeout=600)
+    for worker in pool._workers:  # a FIFO straight down the pipe: imap would refuse it unopened
+        worker.conn.send(DecodeJob("stuck", Path(sys.argv[2])))
+    for worker in pool._workers:
+        assert worker.conn.recv() == STARTED  # decoding, i.e. blocked opening the FIFO
+    print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` of the extractor
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_decode_workers_exit_when_the_extractor_is_killed(tiny_llava, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    fifo = tmp_path / "stuck.mp4"
+    os.mkfifo(fifo)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    with open(tmp_path / "stderr.txt", "w") as stderr:  # a pipe would stay open in surviving workers
+        script = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(tiny_llava), str(fifo)], env=env,
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
+        pids = [int(p) for p in script.stdout.readline().split()]
+        assert script.wait(timeout=120) == -9, (tmp_path / "stderr.txt").read_text()[-2000:]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 5
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in pids if _alive(pid)]
+    for pid in survivors:  # ours: clean up before failing
+        os.kill(pid, 9)
+    assert survivors == []
