@@ -232,7 +232,8 @@ def _check_cache(cache, family, cfg: TrainConfig) -> None:
               "hidden_size": _projector_input_width(family, cfg)}
     why = cache_mismatch(cache.info, wanted, wanted_as=f"for --model {cfg.model}")
     if why:
-        raise UserError(f"{cfg.cache}: extracted for {cache.info['model']}, not for --model {cfg.model} ({why}); "
+        raise UserError(f"{cfg.cache}: extracted for {cache.info['model']} ({cache.info['family']}), not for "
+                        f"--model {cfg.model} ({family.name}): {why}; "
                         f"re-extract with `redvillm-extract VIDEOS NEW.h5 --model {cfg.model}`, "
                         f"or train with --model {cache.info['model']}")
 
