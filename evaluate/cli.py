@@ -32,6 +32,8 @@ def main() -> None:
 @click.option("--seed", default=0)
 @click.option("--device", default="auto")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto")
+@click.option("--overwrite", is_flag=True, help="Start OUTPUT anew; without it only the run, cache, questions and "
+              "generation settings that started OUTPUT may resume it.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.pass_context
 @friendly_errors
@@ -52,6 +54,14 @@ def predict(ctx: click.Context, config_file: str | None, **flags) -> None:
                       f"(first: {shown}); see {summary.output.stem}.meta.json", highlight=False)
     for problem in summary.unmatched[:5]:
         console.print(f"[yellow]{problem}", highlight=False)
+    if summary.too_long:
+        shown = ", ".join(str(row["question_id"]) for row in summary.too_long[:5])
+        console.print(f"[yellow]{len(summary.too_long)} questions longer than the model's context "
+                      f"({summary.too_long[0]['context']} positions) skipped (first: {shown}); see "
+                      f"{summary.output.stem}.meta.json", highlight=False)
+    for key, values in summary.frames_differ.items():
+        console.print(f"[yellow]{key} is {values['this cache']!r} in --cache but {values['training']!r} in training: "
+                      "these answers are for that setting (recorded in the meta file)", highlight=False)
 
 
 @main.command(context_settings=SETTINGS)

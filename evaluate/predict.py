@@ -5,8 +5,11 @@ at most the batch in flight; a rerun skips every question already answered):
 
     {"question_id", "video_id", "task", "qtype", "pair", "question", "answer", "pred"}
 
-and beside it PREDS.meta.json: the model, cache, question file, generation parameters, and the
-questions that could not be answered (video not in the cache, answer rows that did not join).
+and beside it PREDS.meta.json: the model, cache, question file, generation parameters, the
+fingerprint of what started the file (only that may resume it: evaluate/provenance.py), and the
+questions that could not be answered (video not in the cache, answer rows that did not join,
+questions that with their video tokens and max_new_tokens exceed the LLM's context: skipped with a
+warning, "too_long").
 Under torchrun each rank answers questions[rank::world] into PREDS.parts/rank<r>.jsonl, and
 rank 0 merges the parts into PREDS by question id.
 """
@@ -14,6 +17,7 @@ rank 0 merges the parts into PREDS by question id.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -27,12 +31,16 @@ import torch
 import redvillm
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
+from redvillm.batching import VideoSample, context_length, sequence_length
 from redvillm.cache import open_cache
 from redvillm.errors import UserError
+from redvillm.evaluate.provenance import check_resumable, predictions_fingerprint, start_over, started_by
 from redvillm.evaluate.questions import Question, read_questions
 from redvillm.families.registry import family_for_cache
 from redvillm.generation import generate_answers
-from redvillm.model_io import load_model, write_json
+from redvillm.model_io import check_cache_for_run, load_model, write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +59,7 @@ class PredictConfig:
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    overwrite: bool = False  # start OUTPUT anew instead of resuming it
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -66,6 +75,8 @@ class PredictSummary:
     missing_video: list[str] = field(default_factory=list)  # video ids not in the cache
     unmatched: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    frames_differ: dict[str, dict] = field(default_factory=dict)  # T / sampling vs the training cache
+    too_long: list[dict] = field(default_factory=list)  # questions longer than the LLM's context: skipped
 
 
 def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None = None) -> PredictSummary:
@@ -76,42 +87,95 @@ def run_predict(cfg: PredictConfig, progress: Callable[[int, int], None] | None 
     dtype = distributed.resolve_dtype(cfg.dtype, device)
     cache = open_cache(cfg.cache)
     model = load_model(cfg.model_dir, device, dtype)
-    _check_cache(cache, model, cfg)
+    differences = _check_cache(cache, model, cfg)
     found = read_questions(cfg.questions, cfg.answers, video_ids=cache, task=cfg.task)
     output = Path(cfg.output)
-    done = read_predictions(output) | _read_parts(output)
+    fingerprint = predictions_fingerprint(cfg, str(dtype).removeprefix("torch."), cache.info, found.answers_path)
+    done = _resume(output, fingerprint, cfg, info)
     mine = [q for q in found.questions[info.rank::info.world_size] if q.question_id not in done]
     summary = PredictSummary(output, len(found.questions), len(found.questions) - _count_left(found, done),
-                             0, found.missing_video_ids, found.unmatched)
+                             0, found.missing_video_ids, found.unmatched, frames_differ=differences)
     target = output if info.world_size == 1 else _part_path(output, info.rank)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if info.is_main and not done:  # the fingerprint is on disk before the first answer
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(_meta_path(output), _meta(cfg, model, cache, found, summary, fingerprint))
     if cfg.do_sample:
         torch.manual_seed(cfg.seed + info.rank)
     pool = _PooledVideos(cache, family_for_cache(model.config.model, model.config.revision, cache.info).pool)
     sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample else {}
+    _answer_all(model, pool, mine, target, cfg, sampling, summary, progress)
+    distributed.barrier()
+    summary.too_long = _gather(summary.too_long, info)
+    if info.is_main:
+        if info.world_size > 1:
+            merge_parts(output, [q.question_id for q in found.questions])
+        write_json(_meta_path(output), _meta(cfg, model, cache, found, summary, fingerprint))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _resume(output: Path, fingerprint: dict, cfg: PredictConfig, info) -> dict[str, dict]:
+    """Answers already in the file (and torchrun parts), refused unless this run, cache and
+    settings started it (evaluate/provenance.py); --overwrite starts it anew."""
+    parts = output.with_name(output.name + ".parts")
+    if cfg.overwrite and info.is_main:
+        start_over(output, _meta_path(output), parts)
+    distributed.barrier()  # rank 0 has removed the old file before anyone reads it
+    done = read_predictions(output) | _read_parts(output)
+    if not cfg.overwrite:
+        check_resumable(output, _meta_path(output), fingerprint, len(done), cfg)
+    return done
+
+
+def _answer_all(model, pool, mine: list[Question], target: Path, cfg: PredictConfig, sampling: dict,
+                summary: PredictSummary, progress) -> None:
+    """Answer `mine` batch by batch into `target` (appended, fsynced); questions longer than the
+    LLM's context are skipped into summary.too_long instead of being sent."""
+    context = context_length(model.backbone.config, model.chat.tokenizer)
     _end_partial_line(target)
     with open(target, "a", encoding="utf-8") as out:
         for start in range(0, len(mine), cfg.batch_size):
-            batch = mine[start : start + cfg.batch_size]
-            preds = _answer(model, pool, batch, cfg.max_new_tokens, sampling)
-            for question, pred in zip(batch, preds):
+            batch = _fitting(model, pool, mine[start : start + cfg.batch_size], context, cfg, summary.too_long)
+            preds = generate_answers(model, [(q.question, sample.temporal, sample.spatial) for q, sample in batch],
+                                     cfg.max_new_tokens, sampling) if batch else []
+            for (question, _), pred in zip(batch, preds):
                 out.write(json.dumps(_record(question, pred), ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
             summary.answered += len(batch)
             if progress:
-                progress(summary.answered, len(mine))
-    distributed.barrier()
-    if info.is_main:
-        if info.world_size > 1:
-            merge_parts(output, [q.question_id for q in found.questions])
-        write_json(_meta_path(output), _meta(cfg, model, cache, found, summary))
-    summary.seconds = time.perf_counter() - started
-    return summary
+                progress(summary.answered + len(summary.too_long), len(mine))
 
 
-def _answer(model, pool, batch: list[Question], max_new_tokens: int, sampling: dict) -> list[str]:
-    return generate_answers(model, [(q.question, *pool.get(q.video_id)) for q in batch], max_new_tokens, sampling)
+def _fitting(model, pool, batch: list[Question], context: int | None, cfg: PredictConfig,
+             too_long: list[dict]) -> list[tuple[Question, VideoSample]]:
+    """The batch's questions whose prompt, video tokens and max_new_tokens fit the context."""
+    kept = []
+    for question in batch:
+        sample = VideoSample(model.chat.encode(question.question), *pool.get(question.video_id))
+        video_tokens = model.adapter.layout.num_video_tokens(sample.temporal.shape[0], sample.spatial.shape[0])
+        length = sequence_length(sample.chat, video_tokens, new_tokens=cfg.max_new_tokens)
+        if context is not None and length > context:
+            too_long.append({"question_id": question.question_id, "video_id": question.video_id,
+                             "tokens": length, "context": context})
+            log.warning("%s: question %s (video %s) needs %d positions with its video tokens and %d new tokens, "
+                        "more than the model's context of %d: skipped", cfg.questions, question.question_id,
+                        question.video_id, length, cfg.max_new_tokens, context)
+        else:
+            kept.append((question, sample))
+    return kept
+
+
+def _gather(items: list, info) -> list:
+    """Every rank's list, concatenated (the list itself in a single process)."""
+    if info.world_size == 1:
+        return items
+    import torch.distributed as dist
+
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
 
 
 class _PooledVideos:
@@ -192,19 +256,28 @@ def _meta_path(output: Path) -> Path:
     return output.with_name(output.stem + ".meta.json")
 
 
-def _meta(cfg: PredictConfig, model, cache, found, summary: PredictSummary) -> dict:
+def _meta(cfg: PredictConfig, model, cache, found, summary: PredictSummary, fingerprint: dict) -> dict:
     return {"redvillm_version": redvillm.__version__, "predict_config": asdict(cfg),
+            "fingerprint": fingerprint, "started_by": started_by(cfg),
             "model": asdict(model.config), "cache": cache.info,
             "answers_file": str(found.answers_path) if found.answers_path else None,
             "questions": summary.questions, "answered": len(read_predictions(summary.output)),
             "missing_video_questions": len(found.missing_video), "missing_videos": summary.missing_video,
-            "unmatched": summary.unmatched}
+            "unmatched": summary.unmatched, "frames_differ_from_training": summary.frames_differ,
+            "too_long_questions": len(summary.too_long), "too_long": summary.too_long}
 
 
-def _check_cache(cache, model, cfg: PredictConfig) -> None:
-    info, config = cache.info, model.config
-    if (info["family"], info["hidden_size"]) != (config.family, config.hidden_size) or \
-            info["num_patches"] != config.num_patches:
-        raise UserError(f"{cfg.cache}: tokens of {info['model']} (N={info['num_patches']}, D={info['hidden_size']}) "
-                        f"do not fit {cfg.model_dir} (trained on {config.model}, N={config.num_patches}, "
-                        f"D={config.hidden_size}); extract the benchmark's videos with the model it was trained on")
+def _check_cache(cache, model, cfg: PredictConfig) -> dict[str, dict]:
+    """Refuse tokens the run cannot read; T / sampling differences are warned about and recorded.
+
+    Another T or sampling rule than in training still gives tokens the model reads (pooling
+    makes (T + N) video tokens of any T), and answering at another T is a legitimate
+    experiment, so it is not refused; but the number is then not the training setting's, so the
+    difference is printed and written to PREDS.meta.json ("frames_differ_from_training").
+    """
+    differences = check_cache_for_run(cfg.cache, cache.info, model.config, cfg.model_dir)
+    for key, values in differences.items():
+        log.warning("%s: %s is %r here but %r in %s's training cache; answers are for this setting, not the "
+                    "training one (recorded in the meta file)", cfg.cache, key, values["this cache"],
+                    values["training"], cfg.model_dir)
+    return differences

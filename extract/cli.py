@@ -39,7 +39,7 @@ from redvillm.extract.config import DEFAULT_MODEL, ExtractConfig
 @click.option("--recycle-after", default=100, help="Replace a decoder process after this many videos.")
 @click.option("--shard-size", default="2GB", help="Close a shard once it holds this much.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT made with other settings.")
-@click.option("--strict", is_flag=True, help="Exit with code 1 if any video failed.")
+@click.option("--strict", is_flag=True, help="Exit with code 1 if any video failed (now or in an earlier run).")
 @click.option("--retry-failed", is_flag=True, help="Retry earlier failures even if the file is unchanged.")
 @click.option("--no-space-check", is_flag=True,
               help="Start even if the free disk space is below the estimate (videos x T x N x D x 2 bytes).")
@@ -66,7 +66,7 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
     with _progress(console) as (progress, callback):
         summary = run_extract(cfg, callback, lambda line: console.print(line, highlight=False, soft_wrap=True))
     _print_summary(console, summary)
-    if cfg.strict and summary.failures:
+    if cfg.strict and (summary.failures or summary.skipped_failures):  # a rerun skips, never forgives
         sys.exit(1)
 
 

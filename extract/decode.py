@@ -4,16 +4,21 @@ decord is unmaintained: on some files it hangs while holding the GIL, segfaults,
 memory. So each worker is a separate (spawned) process that decodes one video at a time,
 samples its frames, applies the backbone's resize/crop (uint8 out, so little crosses the pipe)
 and sends the result back. The parent kills a worker that exceeds the per-video timeout,
-replaces a worker that died, and recycles every worker after ``recycle_after`` videos.
+replaces a worker that died, and recycles every worker after ``recycle_after`` videos. A worker
+exits when the parent dies (killed or crashed): it never lingers, re-parented, on a stuck file.
 While the parent encodes one video, the workers are already decoding the next ones.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import re
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from redvillm.extract.videos import not_a_video_file
 from redvillm.frames import FramePreprocess
 
 
@@ -29,6 +35,27 @@ from redvillm.frames import FramePreprocess
 class DecodeJob:
     video_id: str
     path: Path
+    retry: bool = False  # the video timed out in the previous run: this is its one retry
+
+
+# A decode timeout is retried once on the next run (a loaded machine, a slow disk can cause it);
+# timing out again on that retry is recorded as final.
+TIMED_OUT = "decode timed out"
+RETRY_NOTE = "; retried once on the next run"
+STARTED = "started"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h  # a worker's message when it begins decoding: the timeout counts from there
+
+
+def retry_due(reason: str) -> bool:
+    """Whether a recorded failure is a first timeout, to be decoded once more."""
+    return reason.endswith(RETRY_NOTE)
+
+
+def _timeout_reason(job: DecodeJob, timeout: float) -> str:
+    if job.retry:
+        return (f"{TIMED_OUT} after {timeout:g}s again on its retry (worker killed); not retried again: "
+                "pass --retry-failed, with a longer --decode-timeout if it needs one")
+    return f"{TIMED_OUT} after {timeout:g}s (worker killed){RETRY_NOTE}"
 
 
 @dataclass(frozen=True)
@@ -83,8 +110,12 @@ def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict
     return torch.cat(parts).numpy(), meta
 
 
-def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
+def _worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool) -> None:
+    _exit_with_parent(parent_pid, deathsig)
+    import decord  # noqa: F401 - imported before the first video, so its timeout counts decoding only
     import torch
+
+    import redvillm.extract.sampling  # noqa: F401
 
     torch.set_num_threads(1)  # parallelism comes from the number of workers
     _capture_native_stderr()
@@ -92,6 +123,7 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
         job = conn.recv()
         if job is None:
             return
+        conn.send(STARTED)
         started = time.perf_counter()
         os.ftruncate(2, 0)
         os.lseek(2, 0, os.SEEK_SET)
@@ -100,6 +132,28 @@ def _worker_main(conn: Connection, settings: DecodeSettings) -> None:
             conn.send(DecodeResult(job, frames, meta, seconds=time.perf_counter() - started))
         except Exception as err:  # noqa: BLE001 - any decoder error is a per-video failure
             conn.send(DecodeResult(job, error=explain(err, _native_messages()), seconds=time.perf_counter() - started))
+
+
+def _exit_with_parent(parent_pid: int, deathsig: bool) -> None:
+    """A worker must not outlive its extractor: after a kill -9 of the parent it would be
+    re-parented and, stuck on a file, run for ever. On Linux the kernel kills it with the parent
+    (PR_SET_PDEATHSIG; only asked for when spawned from the main thread, as the signal follows
+    the spawning thread); everywhere a watchdog thread exits once the parent is gone (it also
+    covers a hang that holds the GIL only where the kernel signal exists)."""
+    if deathsig and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still applies
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+
+
+def _watch_parent(parent_pid: int, every: float = 0.5) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _capture_native_stderr() -> None:
@@ -131,37 +185,60 @@ def explain(err: Exception, native: list[str] = ()) -> str:
     return f"{reason} ({native[-1]})" if native else reason
 
 
+def _decodable(jobs: Iterable[DecodeJob], rejected: list[DecodeResult]) -> Iterator[DecodeJob]:
+    """The jobs whose path is a regular file; the others go to `rejected` with their reason, as
+    opening a FIFO would block a worker until the timeout (or for ever)."""
+    for job in jobs:
+        problem = not_a_video_file(Path(job.path))
+        if problem is None:
+            yield job
+        else:
+            rejected.append(DecodeResult(job, error=problem))
+
+
 @dataclass
 class _Worker:
     process: mp.Process
     conn: Connection
     job: DecodeJob | None = None
-    started: float = 0.0
+    sent: float = 0.0  # when the job went down the pipe
+    started: float | None = None  # when the worker began decoding it (its STARTED message)
     handled: int = 0
+
+    def deadline(self, timeout: float, startup: float) -> float:
+        return self.started + timeout if self.started is not None else self.sent + startup
 
 
 class DecodePool:
     """``imap(jobs)`` yields a DecodeResult per job, in completion order."""
 
     def __init__(self, settings: DecodeSettings, num_workers: int = 2, timeout: float = 120.0,
-                 recycle_after: int = 100):
+                 recycle_after: int = 100, startup_timeout: float = 300.0):
+        """timeout: seconds one video may decode (counted from the worker's start of decoding);
+        startup_timeout: seconds a (re)spawned worker may take to import its libraries."""
         self.settings, self.timeout, self.recycle_after = settings, timeout, recycle_after
+        self.startup_timeout = startup_timeout
         self._ctx = mp.get_context("spawn")  # never fork a parent holding torch threads or CUDA
         self._workers = [self._spawn() for _ in range(num_workers)]
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self.settings), daemon=True)
+        deathsig = threading.current_thread() is threading.main_thread()
+        process = self._ctx.Process(target=_worker_main, args=(child, self.settings, os.getpid(), deathsig),
+                                    daemon=True)
         process.start()
         child.close()
         return _Worker(process, parent)
 
     def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[DecodeResult]:
-        pending = iter(jobs)
+        rejected: list[DecodeResult] = []  # no regular file (FIFO, folder, dangling link): never sent
+        pending = _decodable(jobs, rejected)
         if not self._workers and next(pending, None) is not None:
             raise ValueError("a DecodePool without workers cannot decode")
         self._refill(pending)
         while True:
+            yield from rejected
+            rejected.clear()
             busy = [w for w in self._workers if w.job is not None]
             if not busy:
                 return
@@ -170,8 +247,12 @@ class DecodePool:
             for worker in busy:
                 if worker.conn in ready:
                     results.append(self._receive(worker))
-                elif time.perf_counter() - worker.started > self.timeout:
-                    results.append(self._kill(worker, f"decode timed out after {self.timeout:g}s (worker killed)"))
+                elif time.perf_counter() > worker.deadline(self.timeout, self.startup_timeout):
+                    results.append(self._kill(worker, _timeout_reason(worker.job, self.timeout)
+                                              if worker.started is not None else
+                                              f"decoder process did not start within {self.startup_timeout:g}s"
+                                              f" (worker killed){RETRY_NOTE}"))
+            results = [r for r in results if r is not None]  # None: a worker only said it started
             # Idle workers get their next video before the consumer spends time on these results.
             self._refill(pending)
             yield from results
@@ -185,25 +266,28 @@ class DecodePool:
                 worker = self._workers[i] = self._fresh(worker)
                 try:
                     worker.conn.send(job)
-                    worker.job, worker.started = job, time.perf_counter()
+                    worker.job, worker.sent, worker.started = job, time.perf_counter(), None
                 except (BrokenPipeError, OSError):  # died while idle: replace it, resend the job
                     worker.job = job
                     self._kill(worker, "decoder process died while idle")
                     worker = self._workers[i]
                     worker.conn.send(job)
-                    worker.job, worker.started = job, time.perf_counter()
+                    worker.job, worker.sent, worker.started = job, time.perf_counter(), None
 
     def _next_deadline(self, busy: list[_Worker]) -> float:
         now = time.perf_counter()
-        return max(0.01, min(w.started + self.timeout - now for w in busy))
+        return max(0.01, min(w.deadline(self.timeout, self.startup_timeout) - now for w in busy))
 
-    def _receive(self, worker: _Worker) -> DecodeResult:
+    def _receive(self, worker: _Worker) -> DecodeResult | None:
         job = worker.job
         try:
             result = worker.conn.recv()
         except (EOFError, OSError):
             worker.process.join(timeout=5)
             return self._kill(worker, f"decoder process died (exit code {worker.process.exitcode})")
+        if result == STARTED:
+            worker.started = time.perf_counter()
+            return None
         worker.job, worker.handled = None, worker.handled + 1
         assert result.job == job
         return result
@@ -215,7 +299,7 @@ class DecodePool:
         worker.conn.close()
         index = self._workers.index(worker)
         self._workers[index] = self._spawn()
-        return DecodeResult(job, error=reason, seconds=time.perf_counter() - worker.started)
+        return DecodeResult(job, error=reason, seconds=time.perf_counter() - (worker.started or worker.sent))
 
     def _fresh(self, worker: _Worker) -> _Worker:
         """Replace a worker that has decoded enough videos to have leaked noticeably."""

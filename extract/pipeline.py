@@ -20,7 +20,7 @@ from redvillm.memory import pin_mmap_threshold
 from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
-from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings
+from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, retry_due
 from redvillm.extract.lock import lock_output
 from redvillm.extract.space import check_space, disk_full, is_disk_full
 from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
@@ -95,8 +95,9 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
     done, failed_before = store.done_ids(), store.failures()
     mine = videos[rank::world]
     todo = [v for v in mine if v.video_id not in done]
+    retry = {v.video_id for v in todo if v.video_id in failed_before and retry_due(failed_before[v.video_id].reason)}
     skip = {v.video_id for v in todo if not cfg.retry_failed and v.video_id in failed_before
-            and failed_before[v.video_id].unchanged()}
+            and v.video_id not in retry and failed_before[v.video_id].unchanged()}
     todo = [v for v in todo if v.video_id not in skip]
     summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
                              token_shape=(info.num_frames, info.num_patches, info.hidden_size))
@@ -106,7 +107,7 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
         tell(check_space(store.dir, len(todo) * dist_info.world_size, summary.token_shape, cfg.no_space_check))
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)
-    jobs = (DecodeJob(v.video_id, v.path) for v in todo)
+    jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
     workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
     try:
         with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:

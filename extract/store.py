@@ -13,9 +13,10 @@ import h5py
 import numpy as np
 
 from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, all_finite,
-                            count_nonfinite, dataset_name, error_line, shard_videos, shards_dir)
+                            cache_mismatch, count_nonfinite, dataset_name, error_line, shard_videos, shards_dir)
 from redvillm.errors import UserError
 from redvillm.extract.repair import set_aside_damaged
+from redvillm.journal import append_journal, read_journal
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _SHARD_NAME = re.compile(r"^r(\d{3})-(\d{5})\.h5$")
@@ -97,7 +98,7 @@ class CacheStore:
                     continue
                 raise UserError(f"{path}: exists but is not a readable redvillm cache; "
                                 "move it away or pass --overwrite") from None
-            why = self.info.mismatch(theirs)
+            why = cache_mismatch(theirs, self.info, append=True, cached_as="there", wanted_as="here")
             if why:
                 raise UserError(f"{path}: made for another configuration ({why}); "
                                 "use another OUT or pass --overwrite to replace it")
@@ -124,21 +125,16 @@ class CacheStore:
         return done
 
     def failures(self) -> dict[str, Failure]:
-        """The latest failure recorded for each video id, across ranks."""
+        """The latest failure recorded for each video id, across ranks (a line torn by a kill
+        mid-write is skipped: redvillm.journal)."""
         latest: dict[str, Failure] = {}
         for path in sorted(self.dir.glob("failures-r*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    record = Failure(**json.loads(line))
-                    latest[record.video_id] = record
+            for record in read_journal(path):
+                latest[record["video_id"]] = Failure(**{k: record.get(k) for k in Failure.__dataclass_fields__})
         return latest
 
     def record_failure(self, rank: int, failure: Failure) -> None:
-        line = json.dumps(failure.__dict__, ensure_ascii=False)
-        with open(self.dir / f"failures-r{rank:03d}.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_journal(self.dir / f"failures-r{rank:03d}.jsonl", [failure.__dict__])
 
     def shard_writer(self, rank: int, max_bytes: int) -> ShardWriter:
         for stale in self.dir.glob(f".tmp-r{rank:03d}-*.h5"):

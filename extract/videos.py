@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,17 @@ class Video:
 
 
 def find_videos(source: str | Path) -> list[Video]:
-    """Videos sorted by id. Duplicate ids are refused before any work starts."""
+    """Videos sorted by id. Duplicate ids are refused before any work starts.
+
+    Every entry with a video extension is kept, whatever it is: a FIFO, a dangling symbolic link
+    or a folder named like a video is recorded as that video's failure (see `not_a_video_file`),
+    never silently left out of the count.
+    """
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source}: no such file or folder; pass a folder of videos or a .txt/.json list")
     if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
         if not paths:
             known = ", ".join(sorted(VIDEO_EXTENSIONS))
             raise UserError(f"{source}: no video files in this folder or below (looked for {known})")
@@ -32,6 +38,24 @@ def find_videos(source: str | Path) -> list[Video]:
     else:
         paths = _read_list(source)
     return _with_unique_ids(paths)
+
+
+def not_a_video_file(path: Path) -> str | None:
+    """Why `path` cannot be decoded without even opening it, or None for a regular file.
+
+    Checked before any read: opening a FIFO blocks until a writer comes, which may be never.
+    """
+    if path.is_symlink() and not path.exists():
+        return f"dangling symbolic link (points to {os.readlink(path)}, which does not exist)"
+    if not path.exists():
+        return "file not found"
+    if path.is_dir():
+        return "a folder, not a video file"
+    if path.is_fifo():
+        return "a FIFO (named pipe), not a regular file; not read, as reading it can block for ever"
+    if not path.is_file():
+        return "not a regular file (socket or device)"
+    return None
 
 
 def _read_list(source: Path) -> list[Path]:

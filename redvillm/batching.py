@@ -22,16 +22,6 @@ class VideoSample:
     spatial: torch.Tensor  # (N, D) mean over time
 
 
-def context_length(backbone_config, tokenizer) -> int:
-    """How many tokens (prompt, video tokens and answer together) the backbone can take."""
-    limits = [getattr(backbone_config.get_text_config(), "max_position_embeddings", None),
-              getattr(tokenizer, "model_max_length", None)]
-    limits = [int(n) for n in limits if n is not None and 0 < n < 10**8]  # tokenizers say 1e30 for "unset"
-    if not limits:
-        raise ValueError("the backbone states no context length (max_position_embeddings)")
-    return min(limits)
-
-
 def fit_to_context(chat: EncodedChat, video_tokens: int, context: int, room: int = 1) -> EncodedChat | None:
     """`chat` cut to fit in `context` tokens once its placeholder becomes `video_tokens` tokens.
 
@@ -87,3 +77,24 @@ def _pad_frames(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         padded[i, : row.shape[0]] = row
         mask[i, : row.shape[0]] = True
     return padded, mask
+
+
+def sequence_length(chat: EncodedChat, video_tokens: int, *, new_tokens: int = 0) -> int:
+    """Positions one sample takes in the LLM: the prompt with its placeholder expanded to
+    `video_tokens`, the answer (training; empty at inference) and `new_tokens` to generate.
+    `collate` builds exactly this many positions before padding."""
+    return len(chat.prompt_ids) - 1 + video_tokens + len(chat.answer_ids) + new_tokens
+
+
+def context_length(backbone_config, tokenizer=None) -> int | None:
+    """How many positions (the prompt with its video tokens, the answer, the tokens to generate)
+    the LLM takes: the smaller of its text config's max_position_embeddings and the tokenizer's
+    model_max_length when set; None when neither says.
+
+    A longer sample is skipped with a count and a warning (training and predict), never sent:
+    attention over it would ask for memory the machine does not have, on every rerun.
+    """
+    text_config = backbone_config.get_text_config() if hasattr(backbone_config, "get_text_config") else backbone_config
+    limits = [getattr(text_config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(n) for n in limits if n is not None and 0 < n < 10**8]  # tokenizers say 1e30 for "unset"
+    return min(limits) if limits else None

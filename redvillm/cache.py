@@ -104,15 +104,62 @@ class CacheInfo:
         data["image_size"] = tuple(data["image_size"])
         return cls(**data)
 
-    def mismatch(self, other: CacheInfo) -> str | None:
-        """Why tokens made under `other` cannot share a cache with these, or None."""
-        mine, theirs = asdict(self), asdict(other)
-        for key in ("redvillm_version", "extra"):
-            mine.pop(key), theirs.pop(key)
-        for key, value in mine.items():
-            if json.dumps(value, sort_keys=True) != json.dumps(theirs[key], sort_keys=True):
-                return f"{key} is {theirs[key]!r} there, {value!r} here"
-        return None
+
+# What decides whether cached tokens fit a model, most telling first: tokens of another family,
+# vision layer or frame size are other numbers altogether; then the checkpoint itself.
+TOKEN_FIT_KEYS = ("family", "vision", "image_size", "num_patches", "hidden_size", "model", "revision")
+# How the frames were picked: tokens of another T or sampling rule still fit the model, but give
+# another benchmark number than the training setting (predict warns and records these).
+FRAME_KEYS = ("num_frames", "sampling_rule", "short_videos")
+
+
+def cache_mismatch(cached: CacheInfo | Mapping, wanted: CacheInfo | Mapping, *, append: bool = False,
+                   cached_as: str = "in the cache", wanted_as: str = "here") -> str | None:
+    """Why tokens recorded as `cached` are wrong for `wanted`, as one phrase; None when they fit.
+
+    This is the one compatibility check between a cache and its user. Reading (train, predict,
+    answering from cached tokens) compares TOKEN_FIT_KEYS: family, vision provenance (layer,
+    token selection, frame size), N, D and the checkpoint (model, revision); a key `wanted` does
+    not state (absent or None) is not compared, so a caller states what it knows. Appending to a
+    cache (`append=True`) compares every field but the package version and `extra`: one cache
+    holds tokens of one configuration only.
+    """
+    mine, theirs = _as_dict(cached), _as_dict(wanted)
+    if append:
+        keys = [k for k in (*TOKEN_FIT_KEYS, *mine) if k not in ("redvillm_version", "extra")]
+    else:
+        keys = [k for k in TOKEN_FIT_KEYS if theirs.get(k) is not None]
+    for key in dict.fromkeys(keys):
+        have, want = mine.get(key), theirs.get(key)
+        if isinstance(have, Mapping) and isinstance(want, Mapping):
+            for sub in sorted(set(have) | set(want)):
+                if _canonical(have.get(sub)) != _canonical(want.get(sub)):
+                    return f"{key}.{sub} is {have.get(sub)!r} {cached_as}, {want.get(sub)!r} {wanted_as}"
+        elif _canonical(have) != _canonical(want):
+            return f"{key} is {have!r} {cached_as}, {want!r} {wanted_as}"
+    return None
+
+
+def frame_differences(cached: CacheInfo | Mapping, trained: CacheInfo | Mapping) -> dict[str, dict]:
+    """FRAME_KEYS on which `cached` differs from `trained`: {key: {"training": a, "this cache": b}}."""
+    mine, theirs = _as_dict(cached), _as_dict(trained)
+    return {k: {"training": theirs.get(k), "this cache": mine.get(k)} for k in FRAME_KEYS
+            if k in theirs and _canonical(mine.get(k)) != _canonical(theirs.get(k))}
+
+
+def model_identity(model: str) -> str:
+    """How caches and runs name a checkpoint: a local directory by its absolute path (so a run
+    loads from any working directory), a hub id as given (its commit is recorded as revision)."""
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.is_dir() else model
+
+
+def _as_dict(info: CacheInfo | Mapping) -> dict:
+    return asdict(info) if isinstance(info, CacheInfo) else dict(info)
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True)  # tuples and lists alike, as JSON stores them
 
 
 def shards_dir(index_path: Path) -> Path:

@@ -8,15 +8,17 @@ A trained run directory holds (see train/):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 import redvillm
+from redvillm.cache import cache_mismatch, frame_differences, model_identity
 from redvillm.errors import UserError
 from redvillm.families.registry import load_family
 from redvillm.video_llm import VideoAdapter, VideoLLM
@@ -57,6 +59,7 @@ def build_video_llm(model: str, pooling: str, temporal_module: str, device: torc
 def save_adapter(llm: VideoLLM, out_dir: Path, config: VideoModelConfig) -> None:
     """Write adapter weights and config atomically (temp file + rename), config last."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    config = replace(config, **dict(zip(("model", "revision"), resolve_checkpoint(config.model, config.revision))))
     state = {k: v.detach().contiguous().cpu() for k, v in llm.adapter.state_dict().items()}
     tmp = out_dir / f".{ADAPTER_FILE}.tmp"
     save_file(state, tmp, metadata={"format": "pt", "redvillm": redvillm.__version__})
@@ -64,11 +67,30 @@ def save_adapter(llm: VideoLLM, out_dir: Path, config: VideoModelConfig) -> None
     write_json(out_dir / CONFIG_FILE, asdict(config))
 
 
+def resolve_checkpoint(model: str, revision: str | None) -> tuple[str, str | None]:
+    """How a run records its base model so it loads from anywhere, later: a local directory as its
+    absolute path; a hub id with the commit its revision resolved to (from the local hub cache
+    when offline). A hub id that cannot be resolved keeps the revision it was given."""
+    identity = model_identity(model)
+    if Path(identity).is_absolute():
+        return identity, revision
+    from huggingface_hub import hf_hub_download
+    from transformers.utils.hub import extract_commit_hash
+
+    try:
+        return model, extract_commit_hash(hf_hub_download(model, "config.json", revision=revision), None) or revision
+    except (OSError, ValueError):
+        return model, revision
+
+
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> VideoLLM:
     """Rebuild a trained video LLM from a `redvillm-train` output directory, for inference."""
     run_dir = Path(run_dir)
     config = read_model_config(run_dir)
+    recorded = config.extra.get("cache", {}).get("model")
+    if not Path(config.model).is_absolute() and not Path(config.model).is_dir() and recorded and Path(recorded).is_dir():
+        config.model = recorded  # a run of an earlier version recorded a relative path; its cache is absolute
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     llm = build_video_llm(config.model, config.pooling, config.temporal_module, device, dtype,
@@ -90,6 +112,49 @@ def read_model_config(run_dir: Path) -> VideoModelConfig:
     data = json.loads(path.read_text(encoding="utf-8"))
     known = VideoModelConfig.__dataclass_fields__
     return VideoModelConfig(**{k: v for k, v in data.items() if k in known})
+
+
+def run_identity(run_dir: str | os.PathLike) -> dict:
+    """What makes a trained run's answers its own: SHA-256 of its adapter weights and of its config
+    (the config names the base model and its revision), so a moved run is the same run."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    return {"adapter_sha256": file_sha256(run_dir / ADAPTER_FILE),
+            "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def trained_tokens(config: VideoModelConfig) -> dict:
+    """The provenance of the tokens a run was trained on: its training cache's, or (runs that did
+    not record it) what its config states."""
+    recorded = config.extra.get("cache")
+    if recorded:
+        return dict(recorded)
+    return {"family": config.family, "model": config.model, "revision": config.revision,
+            "num_frames": config.num_frames, "num_patches": config.num_patches, "hidden_size": config.hidden_size}
+
+
+def check_cache_for_run(cache_path, cache_info: dict, config: VideoModelConfig, run_dir) -> dict[str, dict]:
+    """Refuse cached tokens a trained run cannot read (redvillm.cache.cache_mismatch), in one line.
+
+    Returns how the cache's frames differ from the training cache's (T, sampling rule,
+    short-video policy; redvillm.cache.frame_differences): such tokens fit the model, and the
+    caller warns and records the difference rather than refusing.
+    """
+    trained = trained_tokens(config)
+    why = cache_mismatch(cache_info, trained, wanted_as=f"for the run {run_dir}")
+    if why:
+        raise UserError(f"{cache_path}: tokens do not fit the run {run_dir} ({why}); extract these videos with "
+                        f"`redvillm-extract VIDEOS NEW.h5 --model {trained['model']}` and the run's vision "
+                        "settings, then pass --cache NEW.h5")
+    return frame_differences(cache_info, trained)
 
 
 def write_json(path: Path, data) -> None:

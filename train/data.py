@@ -60,11 +60,14 @@ class LongRows:
     truncated: list[dict]  # {"where", "video_id", "answer_tokens", "kept_tokens"}
 
 
-def within_context(instructions: list[Instruction], chat: ChatFormat, video_tokens: int, context: int,
+def within_context(instructions: list[Instruction], chat: ChatFormat, video_tokens: int, context: int | None,
                    source: str) -> tuple[list[Instruction], LongRows]:
     """Leave out the rows whose prompt and video tokens alone fill the context; count (and warn
     about) the rows whose answer will be cut to fit. Only rows that might be too long are
-    tokenised: a token is at least one UTF-8 byte, so short rows are known to fit."""
+    tokenised: a token is at least one UTF-8 byte, so short rows are known to fit. A backbone
+    that states no context (None) keeps every row."""
+    if context is None:
+        return instructions, LongRows([], [])
     base = chat.encode("x", "x")
     overhead = len(base.prompt_ids) + len(base.answer_ids) - 1 + video_tokens + 16  # 16: template boundaries
     kept, long_rows, where = [], LongRows([], []), _row_names(source)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
 from redvillm.batching import context_length
-from redvillm.cache import open_cache
+from redvillm.cache import cache_mismatch, model_identity, open_cache
 from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
 from redvillm.journal import append_journal, read_journal
@@ -293,17 +293,16 @@ def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _check_cache(cache, family, cfg: TrainConfig) -> None:
-    """The cache must hold this backbone's vision features."""
-    info = cache.info
-    theirs = (info["family"], json.dumps(info["vision"], sort_keys=True))
-    ours = (family.name, json.dumps(family.vision_provenance(), sort_keys=True))
-    if theirs != ours:
-        raise UserError(f"{cfg.cache}: extracted for {info['model']} ({info['family']}, {info['vision']}), not for "
-                        f"--model {cfg.model} ({family.name}, {family.vision_provenance()}); re-extract with this model")
-    width = _projector_input_width(family, cfg)
-    if width is not None and width != info["hidden_size"]:
-        raise UserError(f"{cfg.cache}: tokens are {info['hidden_size']} wide but {cfg.model}'s projector takes "
-                        f"{width}; re-extract with this model")
+    """The cache must hold this backbone's vision features (redvillm.cache.cache_mismatch)."""
+    wanted = {"family": family.name, "model": model_identity(cfg.model), "revision": family.revision,
+              "vision": family.vision_provenance(), "image_size": family.frame_preprocess().fixed_output_hw(),
+              "hidden_size": _projector_input_width(family, cfg)}
+    why = cache_mismatch(cache.info, wanted, wanted_as=f"for --model {cfg.model}")
+    if why:
+        raise UserError(f"{cfg.cache}: extracted for {cache.info['model']} ({cache.info['family']}), not for "
+                        f"--model {cfg.model} ({family.name}): {why}; "
+                        f"re-extract with `redvillm-extract VIDEOS NEW.h5 --model {cfg.model}`, "
+                        f"or train with --model {cache.info['model']}")
 
 
 def _projector_input_width(family, cfg) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from transformers import AutoConfig
 
@@ -43,6 +44,9 @@ def family_for_cache(model: str, revision: str | None, cache_info: dict) -> Fami
 
 
 def _read_config(model: str, revision: str | None):
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise UserError(f"{model}: directory does not exist; pass an existing checkpoint directory or a hub id "
+                        "such as llava-hf/llava-1.5-7b-hf")
     try:
         config = AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
