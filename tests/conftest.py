@@ -15,11 +15,27 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory) -> Path:
-    """A random-weight LlavaForConditionalGeneration saved with save_pretrained (224 px, patch 32)."""
-    from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
+def tiny_model(tmp_path_factory):
+    """tiny_model(name, module, *args) -> the folder `python -m redvillm.data.<module> FOLDER *args` wrote
+    a tiny replica to, built once per session and name."""
+    import importlib
 
-    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava", TinyLlavaConfig())
+    built: dict[str, Path] = {}
+
+    def get(name: str, module: str, *args: str) -> Path:
+        if name not in built:
+            out = tmp_path_factory.mktemp("models") / name
+            importlib.import_module(f"redvillm.data.{module}").main([str(out), *args])
+            built[name] = out
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tiny_model) -> Path:
+    """A random-weight LlavaForConditionalGeneration saved with save_pretrained (224 px, patch 32)."""
+    return tiny_model("llava", "tiny_llava")
 
 
 @pytest.fixture(scope="session")

@@ -296,22 +296,13 @@ def _check_cache(cache, family, cfg: TrainConfig) -> None:
     """The cache must hold this backbone's vision features (redvillm.cache.cache_mismatch)."""
     wanted = {"family": family.name, "model": model_identity(cfg.model), "revision": family.revision,
               "vision": family.vision_provenance(), "image_size": family.frame_preprocess().fixed_output_hw(),
-              "hidden_size": _projector_input_width(family, cfg)}
+              "hidden_size": family.frame_token_width()}
     why = cache_mismatch(cache.info, wanted, wanted_as=f"for --model {cfg.model}")
     if why:
         raise UserError(f"{cfg.cache}: extracted for {cache.info['model']} ({cache.info['family']}), not for "
                         f"--model {cfg.model} ({family.name}): {why}; "
                         f"re-extract with `redvillm-extract VIDEOS NEW.h5 --model {cfg.model}`, "
                         f"or train with --model {cache.info['model']}")
-
-
-def _projector_input_width(family, cfg) -> int | None:
-    config = family.config
-    layers = getattr(config, "vision_feature_layer", None)
-    if layers is None:
-        return None  # the provenance check above already pins the vision features
-    count = 1 if isinstance(layers, int) else len(layers)
-    return getattr(config.vision_config, "hidden_size", None) and config.vision_config.hidden_size * count
 
 
 def _fingerprint(cfg: TrainConfig, world_size: int, samples: int) -> dict:
