@@ -24,16 +24,13 @@ preprocessing. Building twice gives byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import (
-    GenerationConfig,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
@@ -43,6 +40,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_llava_onevision.json"
@@ -112,7 +110,8 @@ class TinyLlavaOnevisionConfig:
 def build_tokenizer(cfg: TinyLlavaOnevisionConfig) -> PreTrainedTokenizerFast:
     """Byte-level BPE with Qwen2's special tokens (no bos, eos "<|im_end|>"), "<image>" and "<video>" on top."""
     corpus = video_corpus("user\n{question}\nassistant\n{answer}\n")  # the template's layout, specials left out
-    bpe = byte_level_bpe(corpus, cfg.vocab_size, special=[ENDOFTEXT, IM_START, IM_END], added=[IMAGE_TOKEN, VIDEO_TOKEN])
+    bpe = byte_level_bpe(corpus, cfg.vocab_size, special=[ENDOFTEXT, IM_START, IM_END],
+                         added=[IMAGE_TOKEN, VIDEO_TOKEN])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token=IM_END, pad_token=ENDOFTEXT, add_bos_token=False, add_eos_token=False,
         clean_up_tokenization_spaces=False, model_max_length=32768,
@@ -158,55 +157,35 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyLlavaOnevisionConf
     )
 
 
-@torch.no_grad()
 def _reinit(model: LlavaOnevisionForConditionalGeneration, cfg: TinyLlavaOnevisionConfig) -> None:
-    """Overwrite HF's init where it leaves a tiny model unlearnable; other vision params keep it."""
-    std = cfg.resolved_init_std
-    for part in (model.model.language_model, model.model.multi_modal_projector, model.lm_head):
-        for module in part.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, std)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()
+    """1/sqrt(width) for LLM, projector and head; SigLIP's position embeddings spread out; the rest as HF inits it."""
+    parts = (model.model.language_model, model.model.multi_modal_projector, model.lm_head)
+    reinit_linear_and_embeddings(parts, cfg.resolved_init_std)
     embeddings = next(m for m in model.model.vision_tower.modules() if isinstance(m, SiglipVisionEmbeddings))
-    embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
-
-
-def build_model(config: LlavaOnevisionConfig, cfg: TinyLlavaOnevisionConfig) -> LlavaOnevisionForConditionalGeneration:
-    with torch.random.fork_rng(devices=[]):  # HF's init draws from the global generator
-        torch.manual_seed(cfg.seed)
-        model = LlavaOnevisionForConditionalGeneration(config).to(torch.float32).eval()
-        _reinit(model, cfg)
-    model.generation_config = GenerationConfig(eos_token_id=config.text_config.eos_token_id,
-                                               pad_token_id=config.text_config.pad_token_id)
-    return model
+    with torch.no_grad():
+        embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
 
 
 def build_tiny_llava_onevision(out_dir: str | Path, cfg: TinyLlavaOnevisionConfig | None = None) -> Path:
-    """Write a loadable tiny LLaVA-OneVision checkpoint (model, processor, tokenizer) to out_dir."""
+    """Write a loadable tiny LLaVA-OneVision checkpoint (model, tokenizer, image processor) to out_dir."""
     cfg = cfg or TinyLlavaOnevisionConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg)
-    build_model(build_config(tokenizer, cfg), cfg).save_pretrained(out_dir)
+    config = build_config(tokenizer, cfg)
+    model = build_seeded(LlavaOnevisionForConditionalGeneration, config, cfg.seed, lambda m: _reinit(m, cfg))
+    model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)  # with chat_template.jinja
     build_image_processor(cfg).save_pretrained(out_dir)
     settings = json.dumps(processor_settings(cfg), indent=2, sort_keys=True)
     (out_dir / "processor_config.json").write_text(settings + "\n")
-    recipe = {**asdict(cfg), "init_std": cfg.resolved_init_std, "transformers_version": transformers.__version__}
-    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m redvillm.data.tiny_llava_onevision",
-                                     description="Write a tiny random-weight LLaVA-OneVision checkpoint.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=TinyLlavaOnevisionConfig.seed)
-    args = parser.parse_args(argv)
-    out_dir = build_tiny_llava_onevision(args.out_dir, TinyLlavaOnevisionConfig(seed=args.seed))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    main_for(build_tiny_llava_onevision, TinyLlavaOnevisionConfig,
+             "Write a tiny random-weight LLaVA-OneVision checkpoint.", {}, argv)
 
 
 if __name__ == "__main__":

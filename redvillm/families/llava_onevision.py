@@ -25,7 +25,7 @@ several images (tests/test_family_llava_onevision.py).
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 
 import torch
 from torch import nn
@@ -33,10 +33,10 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, LlavaOnev
 from transformers.processing_utils import ProcessorMixin
 
 from redvillm.errors import UserError
-from redvillm.families.chat import QUESTION_SLOT, ChatFormat
-from redvillm.families.common import freeze, load_submodule_state, strip_prefix
+from redvillm.families.chat import ChatFormat
+from redvillm.families.common import load_frozen_backbone, load_tower, mean_pool, one_image_messages
 from redvillm.families.llava import LlavaFrameEncoder
-from redvillm.frames import _PIL_RESAMPLE, FramePreprocess
+from redvillm.frames import FramePreprocess
 
 _TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
 
@@ -46,30 +46,16 @@ class LlavaOnevisionFamily:
     takes_image_size = False
 
     def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
-        if image_size is not None:
-            raise UserError(f"{model}: LLaVA-OneVision frames are its base tile, at its processor's own size; "
-                            "--image-size is for families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
         self.model, self.config = model, config
         self.revision = revision or getattr(config, "_commit_hash", None)
         self._image_processor = AutoImageProcessor.from_pretrained(model, revision=revision)
 
     def frame_preprocess(self) -> FramePreprocess:
-        """The base tile: the whole frame squashed to the tile size (no padding: the processor's
-        do_pad pads tile lists for batching, not images to squares), rescaled, normalised."""
-        processor = self._image_processor
-        size = dict(processor.size.items()) if hasattr(processor.size, "items") else vars(processor.size)
-        side = size.get("shortest_edge")
-        tile = (size["height"], size["width"]) if size.get("height") else (side, side)
-        resample = _PIL_RESAMPLE.get(int(getattr(processor.resample, "value", processor.resample)))
-        if resample is None or tile[0] is None:
-            raise UserError(f"{self.model}: image processor with size {size} and resample {processor.resample!r}: "
-                            "redvillm needs a fixed tile size and bicubic or bilinear resizing")
-        return FramePreprocess(
-            shortest_edge=None, resize_hw=tuple(tile), crop_hw=None, resample=resample, pad_to_square=False,
-            rescale_factor=float(processor.rescale_factor) if processor.do_rescale else 1.0,
-            mean=tuple(float(x) for x in processor.image_mean) if processor.do_normalize else (0.0, 0.0, 0.0),
-            std=tuple(float(x) for x in processor.image_std) if processor.do_normalize else (1.0, 1.0, 1.0),
-        )
+        """The base tile: the whole frame squashed to the tile size, rescaled, normalised. Not padded:
+        this processor's do_pad pads lists of tiles for batching, not images to squares."""
+        spec = dataclasses.replace(FramePreprocess.from_hf(self._image_processor), pad_to_square=False)
+        side = spec.shortest_edge  # a {"shortest_edge": s} size makes the base tile s x s as well
+        return spec if side is None else dataclasses.replace(spec, shortest_edge=None, resize_hw=(side, side))
 
     def vision_provenance(self) -> dict:
         return {
@@ -80,23 +66,21 @@ class LlavaOnevisionFamily:
         }
 
     def frame_token_width(self) -> int:
-        layers = self.config.vision_feature_layer
+        layers = self.config.vision_feature_layer  # a list of layers is concatenated along D
         return self.config.vision_config.hidden_size * (1 if isinstance(layers, int) else len(layers))
 
     def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> LlavaFrameEncoder:
-        return LlavaFrameEncoder(self._load_tower().to(device=device, dtype=dtype), self.config.vision_feature_layer,
+        """The same feature selection as LLaVA's (layer, "full" or "default"), on the SigLIP tower."""
+        tower = load_tower(AutoModel.from_config(self.config.vision_config), self.model, self.revision,
+                           _TOWER_PREFIXES, LlavaOnevisionForConditionalGeneration, "model.vision_tower")
+        return LlavaFrameEncoder(tower.to(device=device, dtype=dtype), self.config.vision_feature_layer,
                                  self.config.vision_feature_select_strategy)
 
     # ----------------------------------------------------------------- stage two and inference
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> LlavaOnevisionForConditionalGeneration:
-        placement = {}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement = {"device_map": {"": str(device)}}
-        model = LlavaOnevisionForConditionalGeneration.from_pretrained(self.model, revision=self.revision,
-                                                                       dtype=dtype, **placement)
-        model.model.vision_tower = None  # video tokens come from the cache
-        return freeze(model.to(device))
+        return load_frozen_backbone(LlavaOnevisionForConditionalGeneration, self.model, self.revision, device, dtype,
+                                    drop=("model.vision_tower",))
 
     def projector(self, backbone: LlavaOnevisionForConditionalGeneration) -> nn.Module:
         """g_z: the image LLM's own two-layer projector (D -> K)."""
@@ -107,9 +91,7 @@ class LlavaOnevisionFamily:
         return backbone.model.image_newline.detach()[None]
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, N, D) -> temporal tokens (T, D) (mean over patches), spatial tokens (N, D) (mean over time)."""
-        tokens = tokens.float()
-        return tokens.mean(dim=1), tokens.mean(dim=0)
+        return mean_pool(tokens)  # (T, N, D) -> (T, D), (N, D)
 
     def chat_format(self) -> ChatFormat:
         """The tokenizer and the checkpoint's template, loaded on their own: AutoProcessor would
@@ -123,19 +105,7 @@ class LlavaOnevisionFamily:
         def apply(messages, **kwargs):
             return tokenizer.apply_chat_template(messages, chat_template=template, **kwargs)
 
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION_SLOT}]}]
-        return ChatFormat(tokenizer, apply, messages, self.config.image_token_id)
+        return ChatFormat(tokenizer, apply, one_image_messages(), self.config.image_token_id)
 
     def backbone_inputs(self, batch) -> dict:
-        return {}  # 1-D positions
-
-    def _load_tower(self) -> nn.Module:
-        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
-        tower = AutoModel.from_config(self.config.vision_config)
-        # transformers 4 checkpoints nest SigLIP's tensors under "vision_model." once more.
-        for candidate in (state, strip_prefix(state, "vision_model.")):
-            if candidate:
-                missing, unexpected = tower.load_state_dict(candidate, strict=False)
-                if not missing and not unexpected:
-                    return tower
-        return LlavaOnevisionForConditionalGeneration.from_pretrained(self.model, revision=self.revision).model.vision_tower
+        return {}  # 1-D positions: inputs_embeds and the attention mask say everything
