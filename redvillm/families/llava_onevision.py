@@ -7,20 +7,20 @@ What the image LLM does (modeling_llava_onevision.py):
 - one image alone in a prompt: the any-resolution tiles (image_grid_pinpoints, up to 6 x 6
   tiles of 384 px) beside a base tile of the whole image squashed to 384 x 384, the tiles
   unpadded, scaled down past "anyres_max_9" and given `image_newline` after every row;
-- several images in a prompt: each is its base tile only (729 tokens) followed by one
-  `image_newline`;
+- several images in a prompt: each is one tile only (the image padded to a square, then
+  resized to 384 x 384: 729 tokens) followed by one `image_newline`;
 - a video: every frame is a base tile, projected, pooled 2 x 2 (bilinear, 27 -> 14 a side), and
   one `image_newline` follows all the frames.
 
 What redvillm does: one base tile per frame, squashed to the tile size as the video processor
-does, 729 x 1152 tokens cached per frame (SigLIP-so400m at 384 px). No tiling: tiles exist for
+does (frames are video; the multi-image path would pad them instead), 729 x 1152 tokens cached per frame (SigLIP-so400m at 384 px). No tiling: tiles exist for
 detail in single images, their number follows each image's aspect ratio (so N would differ
 between videos) and would multiply N by up to ten; the model's own video and multi-image paths
 use the base tile alone. No 2 x 2 pooling either: the paper pools over time and over tokens and
 sends the means through g_z, as the image LLM sends one image. After the video tokens comes the
 backbone's own `image_newline`, once, as after every image of a multi-image prompt and after a
 video: so one frame through our path is exactly the model's own forward of that frame as one of
-several images (tests/test_family_llava_onevision.py).
+several images (its conformance row in tests/test_family_conformance.py).
 """
 
 from __future__ import annotations
