@@ -9,7 +9,6 @@ from safetensors.torch import load_file, save_file
 from transformers import LlavaOnevisionForConditionalGeneration
 
 from redvillm.batching import VideoSample, collate
-from redvillm.data.tiny_llava_onevision import build_tiny_llava_onevision
 from redvillm.families.registry import load_family
 from redvillm.model_io import build_video_llm
 
@@ -19,7 +18,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="session")
 def tiny_llava_onevision(tiny_model):
     """A random-weight LlavaOnevisionForConditionalGeneration (72 px tile, 5 x 5 patches, D = 32, K = 64)."""
-    return tiny_model("llava_onevision", build_tiny_llava_onevision)
+    return tiny_model("llava_onevision", "tiny_llava_onevision")
 
 
 def video_embeddings(llm, family, tokens: torch.Tensor) -> torch.Tensor:
