@@ -48,10 +48,16 @@ def build_seeded(model_class, config, seed: int, reinit: Callable[[torch.nn.Modu
     return model
 
 
-def write_recipe(out_dir: Path, recipe_file: str, cfg, **extra) -> None:
-    """The config the replica was built from, beside the weights (HF loaders ignore it)."""
-    recipe = {**asdict(cfg), **extra, "transformers_version": transformers.__version__}
+def save_replica(out_dir: str | Path, parts, recipe_file: str, cfg, **recipe_extra) -> Path:
+    """Each of `parts` (model, tokenizer, processors) save_pretrained to out_dir, then the recipe: the
+    config the replica was built from, beside the weights (HF loaders ignore it)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        part.save_pretrained(out_dir)
+    recipe = {**asdict(cfg), **recipe_extra, "transformers_version": transformers.__version__}
     (out_dir / recipe_file).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    return out_dir
 
 
 def main_for(build: Callable, config_class, description: str, options: dict[str, dict],

@@ -42,7 +42,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -219,18 +219,12 @@ def build_model(config: DeepseekVLConfig, cfg: TinyDeepseekVLConfig) -> Deepseek
 def build_tiny_deepseek_vl(out_dir: str | Path, cfg: TinyDeepseekVLConfig | None = None) -> Path:
     """Write a loadable tiny DeepSeek-VL checkpoint (model, processor, tokenizer) to out_dir."""
     cfg = cfg or TinyDeepseekVLConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg)
     processor = build_processor(tokenizer, cfg)
-    config = build_config(tokenizer, cfg)
-    model = build_model(config, cfg)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    model = build_model(build_config(tokenizer, cfg), cfg)
     # Standalone preprocessor_config.json as well, as tiny_llava writes it.
-    processor.image_processor.save_pretrained(out_dir)
-    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
-    return out_dir
+    parts = (model, processor, processor.image_processor)
+    return save_replica(out_dir, parts, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,7 +43,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_deepseek_vl import CHAT_TEMPLATE, IMAGE_TOKEN, build_tokenizer
 
 RECIPE_FILE = "tiny_deepseek_vl_hybrid.json"
@@ -156,16 +156,11 @@ def build_model(config: DeepseekVLHybridConfig, cfg: TinyDeepseekVLHybridConfig)
 def build_tiny_deepseek_vl_hybrid(out_dir: str | Path, cfg: TinyDeepseekVLHybridConfig | None = None) -> Path:
     """Write a loadable tiny DeepSeek-VL 7B-architecture checkpoint (model, processor, tokenizer) to out_dir."""
     cfg = cfg or TinyDeepseekVLHybridConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg)  # reads cfg.vocab_size only
     processor = build_processor(tokenizer, cfg)
-    config = build_config(tokenizer, cfg)
-    build_model(config, cfg).save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    processor.image_processor.save_pretrained(out_dir)  # the standalone preprocessor_config.json too
-    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
-    return out_dir
+    model = build_model(build_config(tokenizer, cfg), cfg)
+    parts = (model, processor, processor.image_processor)  # the standalone preprocessor_config.json too
+    return save_replica(out_dir, parts, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,7 +43,7 @@ from transformers import (
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_internvl.json"
@@ -228,16 +228,12 @@ def build_model(config: InternVLConfig, cfg: TinyInternVLConfig) -> InternVLForC
 def build_tiny_internvl(out_dir: str | Path, cfg: TinyInternVLConfig | None = None) -> Path:
     """Write a loadable tiny InternVL3 checkpoint (model, tokenizer, image processor, template)."""
     cfg = cfg or TinyInternVLConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg.vocab_size)
     model = build_model(build_config(tokenizer, cfg), cfg)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    build_image_processor(cfg).save_pretrained(out_dir)
+    parts = (model, tokenizer, build_image_processor(cfg))
+    out_dir = save_replica(out_dir, parts, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     processor = {"image_seq_length": cfg.image_seq_length, "processor_class": "InternVLProcessor"}
     (out_dir / "processor_config.json").write_text(json.dumps(processor, indent=2, sort_keys=True) + "\n")
-    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 

@@ -40,7 +40,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 # Llama's ids for the first three, then llava-hf appends "<image>" and "<pad>" after the vocab.
@@ -230,19 +230,13 @@ def build_model(config: LlavaConfig, cfg: TinyLlavaConfig) -> LlavaForConditiona
 
 def build_tiny_llava(out_dir: str | Path, cfg: TinyLlavaConfig = TinyLlavaConfig()) -> Path:
     """Write a loadable tiny LLaVA-1.5 checkpoint (model, processor, tokenizer) to out_dir."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer, cfg)
-    config = build_config(tokenizer, cfg)
-    model = build_model(config, cfg)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    model = build_model(build_config(tokenizer, cfg), cfg)
     # transformers 5 nests the image processor in processor_config.json; llava-hf checkpoints
     # (and tools reading only preprocessor_config.json) have it standalone as well.
-    processor.image_processor.save_pretrained(out_dir)
-    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
-    return out_dir
+    parts = (model, processor, processor.image_processor)
+    return save_replica(out_dir, parts, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
 
 
 def main(argv: list[str] | None = None) -> None:

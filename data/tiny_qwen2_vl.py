@@ -29,7 +29,7 @@ import transformers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 RECIPE_FILE = "tiny_qwen2_vl.json"
@@ -156,15 +156,9 @@ def _reinit(model: torch.nn.Module, cfg: TinyQwen2VLConfig) -> None:
 
 def build_tiny_qwen2_vl(out_dir: str | Path, cfg: TinyQwen2VLConfig = TinyQwen2VLConfig()) -> Path:
     """Write a loadable tiny Qwen2-VL / Qwen2.5-VL checkpoint (model, tokenizer, image processor)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg.vocab_size)
     model = build_model(build_config(tokenizer, cfg), cfg)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    build_image_processor().save_pretrained(out_dir)
-    write_recipe(out_dir, RECIPE_FILE, cfg)
-    return out_dir
+    return save_replica(out_dir, (model, tokenizer, build_image_processor()), RECIPE_FILE, cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

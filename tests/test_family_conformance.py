@@ -405,3 +405,14 @@ def test_another_familys_checkpoint_refuses_the_cache(case, replica, extracted, 
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert f"({case.name}," in lines[0] and "re-extract" in lines[0]
     assert not (tmp_path / "run" / "adapter.safetensors").exists()
+
+
+def test_a_cache_as_wide_as_another_checkpoint_is_refused(extracted, qa_file, tmp_path):
+    """Same provenance (vision type, layer, strategy) but another vision width: refused before the LLM loads."""
+    from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
+
+    narrow = build_tiny_llava(tmp_path / "narrow", TinyLlavaConfig(vision_hidden=32))
+    result = invoke(train_main, extracted(BY_NAME["llava"]), "--annotations", qa_file, "--model", narrow,
+                    "--output", tmp_path / "run", "--max-steps", 1, "--num-workers", 0, "--device", "cpu", exit_code=2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "64 wide" in lines[0] and "gives 32" in lines[0], result.stderr
