@@ -40,7 +40,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_llava_onevision.json"
@@ -169,17 +169,13 @@ def _reinit(model: LlavaOnevisionForConditionalGeneration, cfg: TinyLlavaOnevisi
 def build_tiny_llava_onevision(out_dir: str | Path, cfg: TinyLlavaOnevisionConfig | None = None) -> Path:
     """Write a loadable tiny LLaVA-OneVision checkpoint (model, tokenizer, image processor) to out_dir."""
     cfg = cfg or TinyLlavaOnevisionConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(cfg)
-    config = build_config(tokenizer, cfg)
-    model = build_seeded(LlavaOnevisionForConditionalGeneration, config, cfg.seed, lambda m: _reinit(m, cfg))
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)  # with chat_template.jinja
-    build_image_processor(cfg).save_pretrained(out_dir)
+    tokenizer = build_tokenizer(cfg)  # saves chat_template.jinja too
+    model = build_seeded(LlavaOnevisionForConditionalGeneration, build_config(tokenizer, cfg), cfg.seed,
+                         lambda m: _reinit(m, cfg))
+    out_dir = save_replica(out_dir, (model, tokenizer, build_image_processor(cfg)), RECIPE_FILE, cfg,
+                           init_std=cfg.resolved_init_std)
     settings = json.dumps(processor_settings(cfg), indent=2, sort_keys=True)
     (out_dir / "processor_config.json").write_text(settings + "\n")
-    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
