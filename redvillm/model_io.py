@@ -50,7 +50,9 @@ def build_video_llm(model: str, pooling: str, temporal_module: str, device: torc
     family = load_family(model, revision)
     backbone = family.load_backbone(device, dtype)
     projector = family.projector(backbone).float()
-    adapter = VideoAdapter(projector, pooling, temporal_module, seed).to(device)
+    # Optional: families whose backbone puts its own vectors after an image's tokens.
+    suffix = family.video_suffix(backbone) if hasattr(family, "video_suffix") else None
+    adapter = VideoAdapter(projector, pooling, temporal_module, seed, suffix).to(device)
     for parameter in adapter.parameters():
         parameter.requires_grad_(True)
     return VideoLLM(backbone, adapter, family.chat_format(), device, family.backbone_inputs)

@@ -28,6 +28,7 @@ class VideoLayout:
     """Which token sets a pooling mode puts in front of the LLM, in which order."""
 
     pooling: str
+    suffix_tokens: int = 0  # the backbone's own fixed vectors after the video tokens (LLaVA-OneVision's newline)
 
     @property
     def uses_temporal(self) -> bool:
@@ -39,7 +40,7 @@ class VideoLayout:
 
     def num_video_tokens(self, num_frames: int, num_patches: int) -> int:
         """V: the placeholders one sample needs."""
-        return num_frames * self.uses_temporal + num_patches * self.uses_spatial
+        return num_frames * self.uses_temporal + num_patches * self.uses_spatial + self.suffix_tokens
 
 
 class VideoAdapter(nn.Module):
@@ -50,10 +51,14 @@ class VideoAdapter(nn.Module):
     temporal_module "copy": g_t starts as a copy of the pretrained projector (the paper);
     "none": one projector for both token sets (Video-ChatGPT's baseline); "copy+mlp": the copy
     followed by a randomly initialised MLP; "random": the projector's architecture, random init.
+    suffix: (S, K) vectors of the backbone put after each sample's video tokens, as it puts them
+    after an image (LLaVA-OneVision's image_newline); frozen and not saved (they come with the backbone).
     """
 
-    def __init__(self, projector: nn.Module, pooling: Pooling, temporal_module: TemporalModule, seed: int = 0):
+    def __init__(self, projector: nn.Module, pooling: Pooling, temporal_module: TemporalModule, seed: int = 0,
+                 suffix: torch.Tensor | None = None):
         super().__init__()
+        self.register_buffer("suffix", None if suffix is None else suffix.detach().float().clone(), persistent=False)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if temporal_module not in TEMPORAL_MODULES:
@@ -68,7 +73,7 @@ class VideoAdapter(nn.Module):
 
     @property
     def layout(self) -> VideoLayout:
-        return VideoLayout(self.pooling)
+        return VideoLayout(self.pooling, 0 if self.suffix is None else self.suffix.shape[0])
 
     @property
     def uses_temporal(self) -> bool:
@@ -91,6 +96,8 @@ class VideoAdapter(nn.Module):
                 parts.append(projected_t[b][temporal_mask[b]])
             if projected_s is not None:
                 parts.append(projected_s[b])
+            if self.suffix is not None:
+                parts.append(self.suffix.to(parts[-1].dtype))
         return torch.cat(parts)  # (sum of V, K)
 
 

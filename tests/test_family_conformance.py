@@ -93,6 +93,12 @@ class Case:
     # (family, encoder, frames) -> {processor output name: tensor} for the preprocessing check
     pixels: Callable = our_pixel_values
     frame_shapes: tuple[tuple[int, int], ...] = ((240, 320), (320, 180))  # (H, W) of the test frames
+    # The reference prompt goes on past ours (the backbone takes our path for an image only when
+    # more follow): logits are compared on our prompt, greedy tokens by the reference's forward.
+    continues: bool = False
+    # (model_dir, uint8 image) -> {processor output name: tensor} for the preprocessing check;
+    # None: the reference inputs' own
+    reference_pixels: Callable[[Path, np.ndarray], dict] | None = None
 
 
 def qwen_inputs(model_dir: Path, question: str, image: np.ndarray) -> dict:
@@ -150,6 +156,43 @@ def hybrid_pixels(family, encoder, frames: torch.Tensor) -> dict[str, torch.Tens
     return dict(zip(("pixel_values", "high_res_pixel_values"), encoder.pixel_values(levels)))
 
 
+def onevision_inputs(model_dir: Path, question: str, image: np.ndarray) -> dict:
+    """LLaVA-OneVision sends an image alone as any-resolution tiles, and each image of a multi-image
+    prompt as its base tile + image_newline: our path. So the reference is a two-image conversation
+    whose first L tokens are our prompt, [user: image, question] [assistant: ""] [user: image, text],
+    through its image processor (multi-image mode) and template, each "<image>" expanded as its
+    processor does in that mode (num_image_tokens + 1; the model checks the count)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    turns = user_turn(question) + [{"role": "assistant", "content": [{"type": "text", "text": ""}]},
+                                   {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Next?"}]}]
+    prompt = tokenizer.apply_chat_template(turns, tokenize=False)
+    second = random_image(72, 72, seed=99)
+    pixels = AutoImageProcessor.from_pretrained(model_dir)(images=[[Image.fromarray(image), Image.fromarray(second)]],
+                                                           return_tensors="pt")
+    per_image = ProcessorMixin.get_processor_dict(model_dir)[0]["num_image_tokens"] + 1
+    text = tokenizer(prompt.replace("<image>", "<image>" * per_image), return_tensors="pt")
+    return dict(text, **pixels)
+
+
+def greedy_by_forward(model, inputs: dict, length: int, steps: int) -> list[int]:
+    """Greedy tokens after the first `length` ids of a longer reference prompt, each from the model's
+    own forward on prompt + tokens so far + the rest (causal: the rest cannot change them)."""
+    ids, tokens = inputs["input_ids"], []
+    for _ in range(steps):
+        grown = torch.cat([ids[:, :length], torch.tensor([tokens], dtype=ids.dtype), ids[:, length:]], dim=1)
+        logits = model(**{**inputs, "input_ids": grown, "attention_mask": torch.ones_like(grown)}).logits
+        tokens.append(int(logits[0, length + len(tokens) - 1].argmax()))
+        if tokens[-1] == model.generation_config.eos_token_id:
+            break
+    return tokens
+
+
+def onevision_base_tile(model_dir: Path, image: np.ndarray) -> dict:
+    """The image processor's base tile of a lone image (the whole image squashed), not its tiles."""
+    pixels = AutoImageProcessor.from_pretrained(model_dir)(images=Image.fromarray(image), return_tensors="pt")
+    return {"pixel_values": pixels["pixel_values"][:, 0]}
+
+
 QWEN = dict(reference_inputs=qwen_inputs, frame_tokens=qwen_frame_tokens, pixels=qwen_pixels,
             frame_shapes=((224, 224),))  # its processor keeps the aspect ratio, our frames are square
 
@@ -161,6 +204,9 @@ CASES = [
     Case("deepseek_vl_hybrid", ("tiny_deepseek_vl_hybrid",), 36, 128, other="deepseek_vl",
          frame_tokens=hybrid_frame_tokens, pixels=hybrid_pixels),
     Case("internvl", ("tiny_internvl",), 64, 64, other="llava", reference_inputs=internvl_inputs),
+    Case("llava_onevision", ("tiny_llava_onevision",), 25, 32, other="llava", reference_inputs=onevision_inputs,
+         frame_tokens=lambda family, encoder, inputs, image: encoder(inputs["pixel_values"][0]), continues=True,
+         reference_pixels=onevision_base_tile),
 ]
 BY_NAME = {case.name: case for case in CASES}
 IDS = [case.name for case in CASES]
@@ -224,7 +270,9 @@ def test_one_frame_equals_backbone_image_forward(case, question, replica, caplog
     reference = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     with torch.no_grad():
         expected = reference(**inputs).logits
-        expected_answer = reference.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        if not case.continues:
+            generated = reference.generate(**inputs, max_new_tokens=6, do_sample=False)
+            expected_answer = generated[0, inputs["input_ids"].shape[1]:]
 
     caplog.set_level(logging.INFO, logger="redvillm.families")
     family = load_family(str(model_dir))
@@ -240,7 +288,15 @@ def test_one_frame_equals_backbone_image_forward(case, question, replica, caplog
         sample = VideoSample(llm.chat.encode(question), temporal, spatial)
         batch = collate([sample], llm.adapter.layout, llm.chat.placeholder_id, pad_id=0, with_labels=False)
         ours = llm.logits(batch)
-    assert torch.equal(batch.input_ids, inputs["input_ids"])  # same prompt, same splice position
+    length = batch.input_ids.shape[1]
+    if case.continues:
+        assert inputs["input_ids"].shape[1] > length + case.num_patches  # the other image's tokens come after ours
+        with torch.no_grad():
+            expected_answer = torch.tensor(greedy_by_forward(reference, inputs, length, steps=6))
+        expected = expected[:, :length]
+    else:
+        assert inputs["input_ids"].shape[1] == length
+    assert torch.equal(batch.input_ids, inputs["input_ids"][:, :length])  # same prompt, same splice position
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     llm.chat.decode = lambda row: row.tolist()  # compare ids: the backbone's own generate, step by step
     assert llm.generate(batch, max_new_tokens=6)[0] == expected_answer.tolist()
@@ -257,7 +313,10 @@ def test_preprocessing_equals_the_image_processor(case, replica):
                           if hasattr(processor, name))
     for seed, hw in enumerate(case.frame_shapes):
         image = random_image(*hw, seed=seed + 1)
-        reference = case.reference_inputs(model_dir, QUESTIONS[0], image)
+        if case.reference_pixels is not None:
+            reference = case.reference_pixels(model_dir, image)
+        else:
+            reference = case.reference_inputs(model_dir, QUESTIONS[0], image)
         ours = case.pixels(family, encoder, torch.from_numpy(image)[None])
         for name, pixels in ours.items():
             assert pixels.shape == reference[name].shape, name

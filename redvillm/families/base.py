@@ -11,6 +11,9 @@ Adding a family: one module here with a class that has this surface (built as
 of the free functions in families/common.py where they fit; one row in registry.FAMILIES; a tiny
 replica under data/ and one row in tests/test_family_conformance.py.
 
+Optional: ``video_suffix(backbone) -> (S, K)``, vectors of the backbone's own that follow the
+video tokens as they follow an image (LLaVA-OneVision's image_newline); frozen, never saved.
+
 Shape letters: B batch of frames, N patches per frame, D vision width.
 """
 

@@ -18,6 +18,7 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "deepseek_vl": ("redvillm.families.deepseek_vl", "DeepseekVLFamily", "DeepSeek-VL (DeepseekVLForConditionalGeneration)"),
     "deepseek_vl_hybrid": ("redvillm.families.deepseek_vl_hybrid", "DeepseekVLHybridFamily", "DeepSeek-VL 7B (DeepseekVLHybridForConditionalGeneration)"),
     "internvl": ("redvillm.families.internvl", "InternVLFamily", "InternVL3 (InternVLForConditionalGeneration)"),
+    "llava_onevision": ("redvillm.families.llava_onevision", "LlavaOnevisionFamily", "LLaVA-OneVision (LlavaOnevisionForConditionalGeneration)"),
 }
 
 
