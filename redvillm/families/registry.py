@@ -17,6 +17,7 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "deepseek_vl": ("redvillm.families.deepseek_vl", "DeepseekVLFamily", "DeepSeek-VL (DeepseekVLForConditionalGeneration)"),
     "deepseek_vl_hybrid": ("redvillm.families.deepseek_vl_hybrid", "DeepseekVLHybridFamily", "DeepSeek-VL 7B (DeepseekVLHybridForConditionalGeneration)"),
     "internvl": ("redvillm.families.internvl", "InternVLFamily", "InternVL3 (InternVLForConditionalGeneration)"),
+    "gemma3": ("redvillm.families.gemma3", "Gemma3Family", "Gemma 3 (Gemma3ForConditionalGeneration)"),
 }
 
 
