@@ -87,14 +87,28 @@ def test_one_frame_equals_backbone_image_forward(tiny_gemma3, question):
 
 
 def test_one_frame_generation_equals_backbone_generate(tiny_gemma3):
+    """Greedy generation from our embeddings and token_type_ids: the backbone's tokens and the
+    logits of every step (the first one reads the bidirectional image block)."""
     inputs = _reference_inputs(tiny_gemma3, QUESTIONS[1], seed=3)
     reference = Gemma3ForConditionalGeneration.from_pretrained(tiny_gemma3).eval()
     llm, batch = _one_frame_batch(tiny_gemma3, QUESTIONS[1], inputs, padding_side="left")
-    end_of_turn = llm.chat.eos_id
+    steps = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():
-        expected = reference.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=end_of_turn)
-    expected_text = llm.chat.decode(expected[0, inputs["input_ids"].shape[1]:])
+        expected = reference.generate(**inputs, eos_token_id=llm.chat.eos_id, **steps)
+    seen = {}
+    generate = llm.backbone.generate
+
+    def spy(**kwargs):  # VideoLLM.generate's own call, with the step logits kept
+        out = generate(**kwargs, output_logits=True, return_dict_in_generate=True)
+        seen["logits"] = out.logits
+        return out.sequences
+
+    llm.backbone.generate = spy
+    expected_text = llm.chat.decode(expected.sequences[0, inputs["input_ids"].shape[1]:])
     assert llm.generate(batch, max_new_tokens=6) == [expected_text]
+    assert len(seen["logits"]) == len(expected.logits)
+    for ours, theirs in zip(seen["logits"], expected.logits):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_the_bidirectional_image_block_matters(tiny_gemma3):
