@@ -22,19 +22,15 @@ byte-identical files.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import transformers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
-    GenerationConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -44,6 +40,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 # Llama's ids for the first three, then llava-hf appends "<image>" and "<pad>" after the vocab.
@@ -217,34 +214,18 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyLlavaConfig) -> Ll
     )
 
 
-@torch.no_grad()
 def _reinit(model: LlavaForConditionalGeneration, cfg: TinyLlavaConfig) -> None:
-    """Overwrite HF's init where it leaves a tiny model unlearnable (docs/tiny-models.md); other vision params keep it."""
-    std = cfg.resolved_init_std
-    flat_by_default = [model.model.language_model, model.model.multi_modal_projector, model.lm_head]
-    for part in flat_by_default:
-        for module in part.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, std)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()
+    """HF's init is too flat where the LLM learns through (docs/tiny-models.md); other vision params keep it."""
+    parts = [model.model.language_model, model.model.multi_modal_projector, model.lm_head]
+    reinit_linear_and_embeddings(parts, cfg.resolved_init_std)
     # Found by type: where CLIPVisionModel keeps its embeddings moved between transformers versions.
     embeddings = next(m for m in model.model.vision_tower.modules() if isinstance(m, CLIPVisionEmbeddings))
-    embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
+    with torch.no_grad():
+        embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
 
 
 def build_model(config: LlavaConfig, cfg: TinyLlavaConfig) -> LlavaForConditionalGeneration:
-    # HF's init draws from the global generator: seed it, but leave the caller's state as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = LlavaForConditionalGeneration(config).to(torch.float32).eval()
-        _reinit(model, cfg)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=config.text_config.eos_token_id,
-        pad_token_id=config.text_config.pad_token_id,
-    )
-    return model
+    return build_seeded(LlavaForConditionalGeneration, config, cfg.seed, lambda model: _reinit(model, cfg))
 
 
 def build_tiny_llava(out_dir: str | Path, cfg: TinyLlavaConfig = TinyLlavaConfig()) -> Path:
@@ -260,25 +241,13 @@ def build_tiny_llava(out_dir: str | Path, cfg: TinyLlavaConfig = TinyLlavaConfig
     # transformers 5 nests the image processor in processor_config.json; llava-hf checkpoints
     # (and tools reading only preprocessor_config.json) have it standalone as well.
     processor.image_processor.save_pretrained(out_dir)
-    # The recipe beside the weights, as every redvillm artifact has; HF loaders ignore it.
-    recipe = {**asdict(cfg), "init_std": cfg.resolved_init_std}
-    recipe["transformers_version"] = transformers.__version__
-    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m redvillm.data.tiny_llava",
-        description="Write a tiny random-weight LLaVA-1.5 checkpoint.",
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--image-size", type=int, default=TinyLlavaConfig.image_size)
-    parser.add_argument("--seed", type=int, default=TinyLlavaConfig.seed)
-    args = parser.parse_args(argv)
-    out_dir = build_tiny_llava(args.out_dir, TinyLlavaConfig(image_size=args.image_size, seed=args.seed))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    main_for(build_tiny_llava, TinyLlavaConfig, "Write a tiny random-weight LLaVA-1.5 checkpoint.",
+             {"image_size": {"type": int}}, argv)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,24 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory) -> Path:
-    """A random-weight LlavaForConditionalGeneration saved with save_pretrained (224 px, patch 32)."""
-    from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
+def tiny_model(tmp_path_factory):
+    """tiny_model(name, build) -> the folder `build(folder)` wrote a tiny replica to, once per session and name."""
+    built: dict[str, Path] = {}
 
-    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava", TinyLlavaConfig())
+    def get(name: str, build) -> Path:
+        if name not in built:
+            built[name] = build(tmp_path_factory.mktemp("models") / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tiny_model) -> Path:
+    """A random-weight LlavaForConditionalGeneration saved with save_pretrained (224 px, patch 32)."""
+    from redvillm.data.tiny_llava import build_tiny_llava
+
+    return tiny_model("llava", build_tiny_llava)
 
 
 @pytest.fixture(scope="session")

@@ -233,19 +233,10 @@ def _check_cache(cache, family, cfg: TrainConfig) -> None:
     if theirs != ours:
         raise UserError(f"{cfg.cache}: extracted for {info['model']} ({info['family']}, {info['vision']}), not for "
                         f"--model {cfg.model} ({family.name}, {family.vision_provenance()}); re-extract with this model")
-    width = _projector_input_width(family, cfg)
+    width = family.frame_token_width()
     if width is not None and width != info["hidden_size"]:
-        raise UserError(f"{cfg.cache}: tokens are {info['hidden_size']} wide but {cfg.model}'s projector takes "
+        raise UserError(f"{cfg.cache}: tokens are {info['hidden_size']} wide but {cfg.model}'s vision encoder gives "
                         f"{width}; re-extract with this model")
-
-
-def _projector_input_width(family, cfg) -> int | None:
-    config = family.config
-    layers = getattr(config, "vision_feature_layer", None)
-    if layers is None:
-        return None  # the provenance check above already pins the vision features
-    count = 1 if isinstance(layers, int) else len(layers)
-    return getattr(config.vision_config, "hidden_size", None) and config.vision_config.hidden_size * count
 
 
 def _fingerprint(cfg: TrainConfig, world_size: int, samples: int) -> dict:

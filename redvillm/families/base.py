@@ -3,7 +3,13 @@
 A family adapter hides how one image-LLM architecture (LLaVA, Qwen2-VL, DeepSeek-VL, ...) is
 laid out in transformers: which processor numbers define a frame, which vision layer and token
 selection the image LLM feeds its projector, and (for stage two) where the projector and the
-image placeholder live. Stages talk only to this Protocol.
+image placeholder live. Stages talk only to this Protocol: nothing outside redvillm/families
+names a family.
+
+Adding a family: one module here with a class that has this surface (built as
+``Cls(model, config, revision, image_size)``, image_size None unless `takes_image_size`), made
+of the free functions in families/common.py where they fit; one row in registry.FAMILIES; a tiny
+replica under data/ and one row in tests/test_family_conformance.py.
 
 Shape letters: B batch of frames, N patches per frame, D vision width.
 """
@@ -22,9 +28,16 @@ from redvillm.video_llm import VideoBatch
 class Family(Protocol):
     """One image-LLM checkpoint seen through its family's adapter."""
 
-    name: str  # "llava", ...
+    name: str  # "llava", ...: the checkpoint's model_type
     model: str  # hub id or local directory, as the user gave it
     revision: str | None  # resolved commit hash when the checkpoint came from the hub
+    config: Any  # the checkpoint's transformers config (AutoConfig)
+    takes_image_size: bool  # class attribute: the tower takes any resolution, so --image-size applies
+
+    def frame_token_width(self) -> int | None:
+        """D of the cached (T, N, D) frame tokens, read off the config alone (stage two compares it
+        with a cache before loading the LLM); None when the vision provenance already pins it."""
+        ...
 
     def frame_preprocess(self) -> FramePreprocess:
         """The backbone's own image preprocessing, as numbers."""

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
-import logging
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, AutoProcessor, DeepseekVLForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModel, DeepseekVLForConditionalGeneration
 
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
-from redvillm.families.common import freeze, load_submodule_state, strip_prefix
+from redvillm.families.common import freeze, load_frozen_backbone, load_tower, mean_pool, processor_chat_format
 from redvillm.frames import FramePreprocess
-
-log = logging.getLogger(__name__)
 
 _TOWER_PREFIXES = ("model.vision_model.", "vision_model.")
 
@@ -53,11 +49,9 @@ class DeepseekVLFrameEncoder(nn.Module):
 
 class DeepseekVLFamily:
     name = "deepseek_vl"
+    takes_image_size = False
 
     def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
-        if image_size is not None:
-            raise UserError(f"{model}: DeepSeek-VL frames take the processor's own size; --image-size is for "
-                            "families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
         self.model = model
         self.config = config
         self.revision = revision or getattr(config, "_commit_hash", None)
@@ -74,54 +68,34 @@ class DeepseekVLFamily:
             "vision_hidden_size": vision.hidden_size,
         }
 
+    def frame_token_width(self) -> int:
+        return self.config.vision_config.hidden_size
+
     def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> DeepseekVLFrameEncoder:
-        return DeepseekVLFrameEncoder(self._load_tower().to(device=device, dtype=dtype))
+        vision_config = copy.deepcopy(self.config.vision_config)
+        vision_config.vision_use_head = False  # the aligner reads last_hidden_state, never the pooled output
+        tower = load_tower(AutoModel.from_config(vision_config), self.model, self.revision, _TOWER_PREFIXES,
+                           DeepseekVLForConditionalGeneration, "model.vision_model", skip=("head.",))
+        return DeepseekVLFrameEncoder(tower.to(device=device, dtype=dtype))
 
     # ----------------------------------------------------------------- stage two and inference
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> DeepseekVLForConditionalGeneration:
-        """The image LLM, frozen, without its vision model (video tokens come from the cache)."""
-        placement = {}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement = {"device_map": {"": str(device)}}  # straight to the GPU, no host copy
-        model = DeepseekVLForConditionalGeneration.from_pretrained(self.model, revision=self.revision, dtype=dtype,
-                                                                   **placement)
-        model.model.vision_model = None
-        return freeze(model.to(device))
+        return load_frozen_backbone(DeepseekVLForConditionalGeneration, self.model, self.revision, device, dtype,
+                                    drop=("model.vision_model",))
 
     def projector(self, backbone: DeepseekVLForConditionalGeneration) -> nn.Module:
         """g_z: DeepSeek-VL's aligner (vision width D -> LLM width K)."""
         return backbone.model.aligner
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, N, D) -> temporal tokens (T, D) (mean over patches), spatial tokens (N, D) (mean over time)."""
-        tokens = tokens.float()
-        return tokens.mean(dim=1), tokens.mean(dim=0)
+        return mean_pool(tokens)  # (T, N, D) -> (T, D), (N, D)
 
     def chat_format(self) -> ChatFormat:
-        processor = AutoProcessor.from_pretrained(self.model, revision=self.revision)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
-        return ChatFormat(processor.tokenizer, processor.apply_chat_template, messages, self.config.image_token_id)
+        return processor_chat_format(self.model, self.revision, self.config.image_token_id)
 
     def backbone_inputs(self, batch) -> dict:
         return {}  # 1-D positions: inputs_embeds and the attention mask say everything
-
-    def _load_tower(self) -> nn.Module:
-        vision_config = copy.deepcopy(self.config.vision_config)
-        vision_config.vision_use_head = False  # the aligner reads last_hidden_state, never the pooled output
-        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
-        if state:
-            tower = AutoModel.from_config(vision_config)
-            # transformers 4 checkpoints nest SigLIP's weights under "vision_model." once more.
-            for candidate in (state, strip_prefix(state, "vision_model.")):
-                candidate = {k: v for k, v in candidate.items() if not k.startswith("head.")}
-                missing, unexpected = tower.load_state_dict(candidate, strict=False)
-                if not missing and not unexpected:
-                    return tower
-            log.info("vision model keys differ from the checkpoint's (%d missing, %d unexpected); "
-                     "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
-        full = DeepseekVLForConditionalGeneration.from_pretrained(self.model, revision=self.revision)
-        return full.model.vision_model
 
 
 def frame_preprocess_from(processor, model: str = "the checkpoint") -> FramePreprocess:

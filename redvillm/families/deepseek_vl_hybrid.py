@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import logging
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, AutoProcessor, DeepseekVLHybridForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModel, DeepseekVLHybridForConditionalGeneration
 from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
     DeepseekVLHybridModel,
     DeepseekVLSamVisionNeck,
@@ -47,7 +46,14 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
 
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
-from redvillm.families.common import freeze, load_submodule_state, strip_prefix
+from redvillm.families.common import (
+    freeze,
+    load_frozen_backbone,
+    load_submodule_state,
+    mean_pool,
+    processor_chat_format,
+    strip_prefix,
+)
 from redvillm.frames import FramePreprocess, normalize, resize_and_crop
 
 log = logging.getLogger(__name__)
@@ -117,11 +123,9 @@ class HybridAligner(nn.Module):
 
 class DeepseekVLHybridFamily:
     name = "deepseek_vl_hybrid"
+    takes_image_size = False
 
     def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
-        if image_size is not None:
-            raise UserError(f"{model}: DeepSeek-VL frames take the processor's own sizes; --image-size is for "
-                            "families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
         self.model = model
         self.config = config
         self.revision = revision or getattr(config, "_commit_hash", None)
@@ -144,6 +148,9 @@ class DeepseekVLHybridFamily:
             "high_res_global_layer": high.global_attn_indexes[0],
         }
 
+    def frame_token_width(self) -> int:
+        return sum(self.vision_provenance()["feature_split"])
+
     def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> DeepseekVLHybridFrameEncoder:
         towers = self._load_towers().to(device=device, dtype=dtype)
         return DeepseekVLHybridFrameEncoder(towers, self._low, self._high)
@@ -151,29 +158,18 @@ class DeepseekVLHybridFamily:
     # ----------------------------------------------------------------- stage two and inference
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> DeepseekVLHybridForConditionalGeneration:
-        """The image LLM, frozen, without its vision towers (video tokens come from the cache)."""
-        placement = {}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement = {"device_map": {"": str(device)}}  # straight to the GPU, no host copy
-        model = DeepseekVLHybridForConditionalGeneration.from_pretrained(self.model, revision=self.revision,
-                                                                         dtype=dtype, **placement)
-        for tower in _TOWERS:
-            setattr(model.model, tower, None)
-        return freeze(model.to(device))
+        return load_frozen_backbone(DeepseekVLHybridForConditionalGeneration, self.model, self.revision, device, dtype,
+                                    drop=tuple(f"model.{tower}" for tower in _TOWERS))
 
     def projector(self, backbone: DeepseekVLHybridForConditionalGeneration) -> nn.Module:
         """g_z: the aligner, fed the cached tokens split back into its SigLIP and SAM inputs."""
         return HybridAligner(backbone.model.aligner, self.config.vision_config.hidden_size)
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, N, D) -> temporal tokens (T, D) (mean over tokens), spatial tokens (N, D) (mean over time)."""
-        tokens = tokens.float()
-        return tokens.mean(dim=1), tokens.mean(dim=0)
+        return mean_pool(tokens)  # (T, N, D) -> (T, D), (N, D)
 
     def chat_format(self) -> ChatFormat:
-        processor = AutoProcessor.from_pretrained(self.model, revision=self.revision)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
-        return ChatFormat(processor.tokenizer, processor.apply_chat_template, messages, self.config.image_token_id)
+        return processor_chat_format(self.model, self.revision, self.config.image_token_id)
 
     def backbone_inputs(self, batch) -> dict:
         return {}  # 1-D positions (Llama): inputs_embeds and the attention mask say everything

@@ -33,9 +33,6 @@ Shape letters: T frames, N patches per frame, D vision width, K LLM width, B bat
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-
 import torch
 from torch import nn
 from transformers import (
@@ -49,10 +46,15 @@ from transformers.models.internvl.modeling_internvl import InternVLModel
 
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
-from redvillm.families.common import freeze, load_submodule_state, positive_layer_index
+from redvillm.families.common import (
+    freeze,
+    load_frozen_backbone,
+    load_tower,
+    mean_pool,
+    one_image_messages,
+    positive_layer_index,
+)
 from redvillm.frames import FramePreprocess
-
-log = logging.getLogger(__name__)
 
 _TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
 
@@ -86,11 +88,9 @@ class InternVLFrameEncoder(nn.Module):
 
 class InternVLFamily:
     name = "internvl"
+    takes_image_size = False
 
     def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
-        if image_size is not None:
-            raise UserError(f"{model}: InternVL frames are one tile at the processor's own size; --image-size is "
-                            "for families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
         if not isinstance(config.vision_feature_layer, int):
             raise UserError(f"{model}: vision_feature_layer {config.vision_feature_layer!r} is a list; InternVL "
                             "selects one layer")
@@ -116,21 +116,19 @@ class InternVLFamily:
             "tiling": "one tile per frame",
         }
 
+    def frame_token_width(self) -> int:
+        return self.config.vision_config.hidden_size  # before the pixel shuffle
+
     def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> InternVLFrameEncoder:
-        tower = self._load_tower()
+        tower = load_tower(AutoModel.from_config(self.config.vision_config), self.model, self.revision,
+                           _TOWER_PREFIXES, InternVLForConditionalGeneration, "model.vision_tower")
         return InternVLFrameEncoder(tower.to(device=device, dtype=dtype), self.config.vision_feature_layer)
 
     # ----------------------------------------------------------------- stage two and inference
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> InternVLForConditionalGeneration:
-        """The image LLM, frozen, without its vision tower (video tokens come from the cache)."""
-        placement = {}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement = {"device_map": {"": str(device)}}  # straight to the GPU, no host copy of the LLM
-        model = InternVLForConditionalGeneration.from_pretrained(self.model, revision=self.revision, dtype=dtype,
-                                                                 **placement)
-        model.model.vision_tower = None
-        return freeze(model.to(device))
+        return load_frozen_backbone(InternVLForConditionalGeneration, self.model, self.revision, device, dtype,
+                                    drop=("model.vision_tower",))
 
     def projector(self, backbone: InternVLForConditionalGeneration) -> nn.Module:
         """g_z: the image LLM's own multi_modal_projector (4D shuffled groups -> K)."""
@@ -138,8 +136,7 @@ class InternVLFamily:
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, N, D) -> temporal tokens (T, 4D) (mean over groups), spatial tokens (N/4, 4D) (mean over time)."""
-        groups = self.pixel_shuffle(tokens.float())  # (T, N/4, 4D)
-        return groups.mean(dim=1), groups.mean(dim=0)
+        return mean_pool(self.pixel_shuffle(tokens.float()))  # via (T, N/4, 4D)
 
     def pixel_shuffle(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T, N, D) -> (T, N/4, 4D): each frame's grid through the model's own pixel shuffle."""
@@ -167,23 +164,10 @@ class InternVLFamily:
         if placeholder_id != self.config.image_token_id:
             raise UserError(f"{self.model}: tokenizer's {wrap[1]} is id {placeholder_id}, config.image_token_id "
                             f"is {self.config.image_token_id}")
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
-        return ChatFormat(tokenizer, _OneImagePrompt(tokenizer, template, *wrap), messages, placeholder_id)
+        return ChatFormat(tokenizer, _OneImagePrompt(tokenizer, template, *wrap), one_image_messages(), placeholder_id)
 
     def backbone_inputs(self, batch) -> dict:
         return {}  # 1-D positions: inputs_embeds and the attention mask say everything
-
-    def _load_tower(self) -> nn.Module:
-        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
-        if state:
-            tower = AutoModel.from_config(self.config.vision_config)
-            missing, unexpected = tower.load_state_dict(state, strict=False)
-            if not missing and not unexpected:
-                return tower
-            log.info("vision tower keys differ from the checkpoint's (%d missing, %d unexpected); "
-                     "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
-        full = InternVLForConditionalGeneration.from_pretrained(self.model, revision=self.revision)
-        return full.model.vision_tower
 
 
 class _OneImagePrompt:

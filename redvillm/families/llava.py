@@ -8,19 +8,20 @@ exactly that and stops the tower at the deepest layer it needs (llava-1.5 skips 
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModel, LlavaForConditionalGeneration
 
-from redvillm.errors import UserError
-from redvillm.families.common import freeze, load_submodule_state, positive_layer_index, strip_prefix
 from redvillm.families.chat import ChatFormat
+from redvillm.families.common import (
+    freeze,
+    load_frozen_backbone,
+    load_tower,
+    mean_pool,
+    positive_layer_index,
+    processor_chat_format,
+)
 from redvillm.frames import FramePreprocess
-
-log = logging.getLogger(__name__)
 
 _TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
 
@@ -52,11 +53,9 @@ class LlavaFrameEncoder(nn.Module):
 
 class LlavaFamily:
     name = "llava"
+    takes_image_size = False
 
     def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
-        if image_size is not None:
-            raise UserError(f"{model}: LLaVA frames take the processor's own size; --image-size is for "
-                            "families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
         self.model = model
         self.config = config
         self.revision = revision or getattr(config, "_commit_hash", None)
@@ -72,58 +71,35 @@ class LlavaFamily:
             "vision_feature_select_strategy": self.config.vision_feature_select_strategy,
         }
 
+    def frame_token_width(self) -> int:
+        """A list of feature layers is concatenated along D."""
+        layers = self.config.vision_feature_layer
+        return self.config.vision_config.hidden_size * (1 if isinstance(layers, int) else len(layers))
+
     def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> LlavaFrameEncoder:
-        tower = self._load_tower()
-        encoder = LlavaFrameEncoder(
-            tower.to(device=device, dtype=dtype),
-            self.config.vision_feature_layer,
-            self.config.vision_feature_select_strategy,
-        )
-        return encoder
+        tower = load_tower(AutoModel.from_config(self.config.vision_config), self.model, self.revision,
+                           _TOWER_PREFIXES, LlavaForConditionalGeneration, "model.vision_tower")
+        return LlavaFrameEncoder(tower.to(device=device, dtype=dtype), self.config.vision_feature_layer,
+                                 self.config.vision_feature_select_strategy)
 
     # ----------------------------------------------------------------- stage two and inference
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> LlavaForConditionalGeneration:
-        """The image LLM, frozen, without its vision tower (video tokens come from the cache)."""
-        placement = {}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement = {"device_map": {"": str(device)}}  # straight to the GPU: no 14 GB host copy for 7B
-        model = LlavaForConditionalGeneration.from_pretrained(self.model, revision=self.revision, dtype=dtype,
-                                                              **placement)
-        model.model.vision_tower = None
-        return freeze(model.to(device))
+        return load_frozen_backbone(LlavaForConditionalGeneration, self.model, self.revision, device, dtype,
+                                    drop=("model.vision_tower",))
 
     def projector(self, backbone: LlavaForConditionalGeneration) -> nn.Module:
         """g_z: the image LLM's own alignment module (vision width D -> LLM width K)."""
         return backbone.model.multi_modal_projector
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, N, D) -> temporal tokens (T, D) (mean over patches), spatial tokens (N, D) (mean over time)."""
-        tokens = tokens.float()
-        return tokens.mean(dim=1), tokens.mean(dim=0)
+        return mean_pool(tokens)  # (T, N, D) -> (T, D), (N, D)
 
     def chat_format(self) -> ChatFormat:
-        processor = AutoProcessor.from_pretrained(self.model, revision=self.revision)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
-        return ChatFormat(processor.tokenizer, processor.apply_chat_template, messages, self.config.image_token_id)
+        return processor_chat_format(self.model, self.revision, self.config.image_token_id)
 
     def backbone_inputs(self, batch) -> dict:
         return {}  # 1-D positions: inputs_embeds and the attention mask say everything
-
-    def _load_tower(self) -> nn.Module:
-        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
-        if state:
-            tower = AutoModel.from_config(self.config.vision_config)
-            # Checkpoints saved by transformers 4 nest CLIP/SigLIP weights under "vision_model."
-            # (transformers 5 drops that prefix when it loads them: so do we).
-            for candidate in (state, strip_prefix(state, "vision_model.")):
-                missing, unexpected = tower.load_state_dict(candidate, strict=False)
-                if not missing and not unexpected:
-                    return tower
-            log.info("vision tower keys differ from the checkpoint's (%d missing, %d unexpected); "
-                     "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
-        full = LlavaForConditionalGeneration.from_pretrained(self.model, revision=self.revision)
-        return full.model.vision_tower
 
 
 def _encoder_layers(tower: nn.Module) -> nn.ModuleList:

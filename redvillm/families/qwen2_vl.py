@@ -30,8 +30,6 @@ Shape letters: B frames, N patches, D vision width, G = N / 4 merge groups, K LL
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import logging
 import math
 
 import torch
@@ -44,10 +42,8 @@ from transformers import (
 
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
-from redvillm.families.common import freeze, load_submodule_state
+from redvillm.families.common import freeze, load_frozen_backbone, load_tower, mean_pool, one_image_messages
 from redvillm.frames import FramePreprocess
-
-log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 _TOWER_PREFIXES = ("model.visual.", "visual.")
@@ -112,6 +108,8 @@ class MergerProjector(nn.Module):
 class Qwen2VLFamily:
     """One adapter for model_type qwen2_vl and qwen2_5_vl: the differences live in transformers."""
 
+    takes_image_size = True
+
     def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
         self.model, self.config = model, config
         self.name = config.model_type
@@ -138,22 +136,21 @@ class Qwen2VLFamily:
             "tokens": "last block, before the merger, merge-group order",
         }
 
+    def frame_token_width(self) -> int:
+        vision = self.config.vision_config  # Qwen2-VL names the ViT width embed_dim, Qwen2.5-VL hidden_size
+        return vision.embed_dim if self.config.model_type == "qwen2_vl" else vision.hidden_size
+
     def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> QwenFrameEncoder:
-        return QwenFrameEncoder(self._load_tower().to(device=device, dtype=dtype), self.image_size)
+        tower = load_tower(_tower_class(self.config)._from_config(self.config.vision_config), self.model,
+                           self.revision, _TOWER_PREFIXES, AutoModelForImageTextToText, "model.visual")
+        return QwenFrameEncoder(tower.to(device=device, dtype=dtype), self.image_size)
 
     # ----------------------------------------------------------------- stage two and inference
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> nn.Module:
         """The image LLM, frozen; the vision tower keeps only its merger (the projector)."""
-        placement = {}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement = {"device_map": {"": str(device)}}
-        model = AutoModelForImageTextToText.from_pretrained(self.model, revision=self.revision, dtype=dtype,
-                                                            **placement)
-        visual = model.model.visual
-        visual.blocks = nn.ModuleList()  # video tokens come from the cache; free the ViT
-        visual.patch_embed = None
-        return freeze(model.to(device))
+        return load_frozen_backbone(AutoModelForImageTextToText, self.model, self.revision, device, dtype,
+                                    drop=("model.visual.blocks", "model.visual.patch_embed"))
 
     def projector(self, backbone: nn.Module) -> nn.Module:
         return MergerProjector(backbone.model.visual.merger)
@@ -161,8 +158,7 @@ class Qwen2VLFamily:
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, N, D) -> temporal (T, 4D) (mean over merge groups), spatial (G, 4D) (mean over time)."""
         frames, patches, width = tokens.shape
-        groups = tokens.float().reshape(frames, patches // self.merge**2, width * self.merge**2)  # (T, G, 4D)
-        return groups.mean(dim=1), groups.mean(dim=0)
+        return mean_pool(tokens.reshape(frames, patches // self.merge**2, width * self.merge**2))  # (T, G, 4D)
 
     def chat_format(self) -> ChatFormat:
         tokenizer = AutoTokenizer.from_pretrained(self.model, revision=self.revision)
@@ -171,8 +167,7 @@ class Qwen2VLFamily:
         def apply(messages, **kwargs):
             return tokenizer.apply_chat_template(messages, chat_template=template, **kwargs)
 
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
-        return ChatFormat(tokenizer, apply, messages, self.config.image_token_id)
+        return ChatFormat(tokenizer, apply, one_image_messages(), self.config.image_token_id)
 
     def backbone_inputs(self, batch) -> dict:
         """What the backbone's get_rope_index needs: per row, the temporal tokens are a video of
@@ -193,18 +188,6 @@ class Qwen2VLFamily:
         grids = {"image_grid_thw": images, "video_grid_thw": videos}
         extra = {k: torch.tensor(v, device=batch.input_ids.device) for k, v in grids.items() if v}
         return {"input_ids": batch.input_ids, "mm_token_type_ids": types, **extra}
-
-    def _load_tower(self) -> nn.Module:
-        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
-        tower = _tower_class(self.config)._from_config(self.config.vision_config)
-        if state:
-            missing, unexpected = tower.load_state_dict(state, strict=False)
-            if not missing and not unexpected:
-                return tower
-            log.info("vision keys differ from the checkpoint's (%d missing, %d unexpected); loading the whole "
-                     "model with from_pretrained instead", len(missing), len(unexpected))
-        full = AutoModelForImageTextToText.from_pretrained(self.model, revision=self.revision)
-        return full.model.visual
 
 
 def _tower_class(config) -> type[nn.Module]:

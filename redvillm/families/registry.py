@@ -28,9 +28,17 @@ def load_family(model: str, revision: str | None = None, image_size: int | None 
     (Qwen2-VL); None takes the family's default. Fixed-resolution families refuse it.
     """
     config = _read_config(model, revision)
-    module, name, _ = FAMILIES[config.model_type]
-    family_class = getattr(importlib.import_module(module), name)
+    family_class = _family_class(config.model_type)
+    if image_size is not None and not family_class.takes_image_size:
+        free = [known for model_type, (_, _, known) in FAMILIES.items() if _family_class(model_type).takes_image_size]
+        raise UserError(f"{model}: {FAMILIES[config.model_type][2]} frames take its image processor's own size; "
+                        f"drop --image-size (it is for vision towers of any resolution: {', '.join(free)})")
     return family_class(model, config, revision, image_size)
+
+
+def _family_class(model_type: str) -> type[Family]:
+    module, name, _ = FAMILIES[model_type]
+    return getattr(importlib.import_module(module), name)
 
 
 def family_for_cache(model: str, revision: str | None, cache_info: dict) -> Family:
