@@ -23,26 +23,24 @@ byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import (
     Gemma3Config,
     Gemma3ForConditionalGeneration,
     Gemma3ImageProcessorPil,
     Gemma3Processor,
     Gemma3TextConfig,
-    GenerationConfig,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_gemma3.json"
@@ -204,63 +202,44 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyGemma3Config) -> G
     )
 
 
-@torch.no_grad()
 def _reinit(model: Gemma3ForConditionalGeneration, cfg: TinyGemma3Config) -> None:
-    """Overwrite HF's init where it leaves a tiny model unlearnable (docs/tiny-models.md); other vision params keep it."""
+    """HF's init is too flat where the LLM learns through and leaves Gemma's projection at zero
+    (docs/tiny-models.md); other vision params keep it."""
     std = cfg.resolved_init_std
-    for module in model.model.language_model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            module.weight.normal_(0.0, std)
+    reinit_linear_and_embeddings([model.model.language_model], std)  # lm_head is tied to the embedding
     projector = model.model.multi_modal_projector
-    projector.mm_input_projection_weight.normal_(0.0, std)
-    projector.mm_soft_emb_norm.weight.normal_(0.0, cfg.norm_weight_std)
     embeddings = next(m for m in model.model.vision_tower.modules() if isinstance(m, SiglipVisionEmbeddings))
-    embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
+    with torch.no_grad():
+        projector.mm_input_projection_weight.normal_(0.0, std)
+        projector.mm_soft_emb_norm.weight.normal_(0.0, cfg.norm_weight_std)
+        embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
 
 
 def build_model(config: Gemma3Config, cfg: TinyGemma3Config, tokenizer) -> Gemma3ForConditionalGeneration:
-    # HF's init draws from the global generator: seed it, but leave the caller's state as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = Gemma3ForConditionalGeneration(config).to(torch.float32).eval()
-        _reinit(model, cfg)
-    model.tie_weights()  # lm_head shares the re-drawn embedding, as in the real checkpoints
-    text = config.text_config
-    stops = [text.eos_token_id, tokenizer.convert_tokens_to_ids(END_TURN)]  # as the -it checkpoints
-    model.generation_config = GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=stops,
-                                               pad_token_id=text.pad_token_id)
+    model = build_seeded(Gemma3ForConditionalGeneration, config, cfg.seed, lambda model: _reinit(model, cfg))
+    # The -it checkpoints stop generating at <eos> or <end_of_turn>.
+    model.generation_config.eos_token_id = [config.text_config.eos_token_id, tokenizer.convert_tokens_to_ids(END_TURN)]
     return model
 
 
-def build_tiny_gemma3(out_dir: str | Path, cfg: TinyGemma3Config | None = None) -> Path:
-    """Write a loadable tiny Gemma 3 checkpoint (model, processor, tokenizer, template)."""
-    cfg = cfg or TinyGemma3Config()
+def build_tiny_gemma3(out_dir: str | Path, cfg: TinyGemma3Config = TinyGemma3Config()) -> Path:
+    """Write a loadable tiny Gemma 3 checkpoint (model, processor, tokenizer, template) to out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg.vocab_size)
-    model = build_model(build_config(tokenizer, cfg), cfg, tokenizer)
-    model.save_pretrained(out_dir)
+    build_model(build_config(tokenizer, cfg), cfg, tokenizer).save_pretrained(out_dir)
     processor = build_processor(tokenizer, cfg)
     processor.save_pretrained(out_dir)
     processor.image_processor.save_pretrained(out_dir)  # preprocessor_config.json
     # processor_config.json as the real checkpoints have it: the image processor lives in its own file.
     layout = {"image_seq_length": cfg.mm_tokens_per_image, "processor_class": "Gemma3Processor"}
     (out_dir / "processor_config.json").write_text(json.dumps(layout, indent=2, sort_keys=True) + "\n")
-    # The recipe beside the weights, as every redvillm artifact has; HF loaders ignore it.
-    recipe = {**asdict(cfg), "init_std": cfg.resolved_init_std, "transformers_version": transformers.__version__}
-    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m redvillm.data.tiny_gemma3",
-                                     description="Write a tiny random-weight Gemma 3 checkpoint.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=TinyGemma3Config.seed)
-    args = parser.parse_args(argv)
-    out_dir = build_tiny_gemma3(args.out_dir, TinyGemma3Config(seed=args.seed))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    main_for(build_tiny_gemma3, TinyGemma3Config, "Write a tiny random-weight Gemma 3 checkpoint.", {}, argv)
 
 
 if __name__ == "__main__":

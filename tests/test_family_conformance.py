@@ -39,6 +39,7 @@ from redvillm import open_cache
 from redvillm.batching import VideoSample, collate
 from redvillm.data.tiny_deepseek_vl import build_tiny_deepseek_vl
 from redvillm.data.tiny_deepseek_vl_hybrid import build_tiny_deepseek_vl_hybrid
+from redvillm.data.tiny_gemma3 import build_tiny_gemma3
 from redvillm.data.tiny_internvl import build_tiny_internvl
 from redvillm.data.tiny_llava import build_tiny_llava
 from redvillm.data.tiny_qwen2_vl import TinyQwen2VLConfig, build_tiny_qwen2_vl
@@ -151,6 +152,13 @@ def hybrid_pixels(family, encoder, frames: torch.Tensor) -> dict[str, torch.Tens
     return dict(zip(("pixel_values", "high_res_pixel_values"), encoder.pixel_values(levels)))
 
 
+def gemma3_inputs(model_dir: Path, question: str, image: np.ndarray) -> dict:
+    """Gemma's template writes <bos> itself (processor.apply_chat_template(tokenize=True) adds none)."""
+    processor = AutoProcessor.from_pretrained(model_dir)
+    prompt = processor.apply_chat_template(user_turn(question), add_generation_prompt=True)
+    return dict(processor(images=Image.fromarray(image), text=prompt, add_special_tokens=False, return_tensors="pt"))
+
+
 def qwen(variant: str) -> Callable[[Path], Path]:
     return lambda out: build_tiny_qwen2_vl(out, TinyQwen2VLConfig(variant=variant))
 
@@ -165,6 +173,7 @@ CASES = [
     Case("deepseek_vl_hybrid", build_tiny_deepseek_vl_hybrid, 36, 128, other="deepseek_vl",
          frame_tokens=hybrid_frame_tokens, pixels=hybrid_pixels),
     Case("internvl", build_tiny_internvl, 64, 64, other="llava", reference_inputs=internvl_inputs),
+    Case("gemma3", build_tiny_gemma3, 16, 64, other="llava", reference_inputs=gemma3_inputs),
 ]
 BY_NAME = {case.name: case for case in CASES}
 IDS = [case.name for case in CASES]

@@ -36,8 +36,6 @@ Shape letters: B frames, P patches per side, M pooled tokens per frame, D vision
 from __future__ import annotations
 
 import copy
-import importlib.util
-import logging
 
 import torch
 from torch import nn
@@ -46,10 +44,8 @@ from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
 
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
-from redvillm.families.common import freeze, load_submodule_state
+from redvillm.families.common import freeze, load_frozen_backbone, load_tower, mean_pool, one_image_messages
 from redvillm.frames import FramePreprocess
-
-log = logging.getLogger(__name__)
 
 _TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
 END_OF_TURN = "<end_of_turn>"
@@ -108,11 +104,9 @@ class Gemma3SoftEmbedding(nn.Module):
 
 class Gemma3Family:
     name = "gemma3"
+    takes_image_size = False
 
     def __init__(self, model: str, config, revision: str | None = None, image_size: int | None = None):
-        if image_size is not None:
-            raise UserError(f"{model}: Gemma 3 frames take the processor's own size; --image-size is for "
-                            "families with a free resolution (Qwen2-VL, Qwen2.5-VL)")
         self.model = model
         self.config = config
         self.revision = revision or getattr(config, "_commit_hash", None)
@@ -143,19 +137,22 @@ class Gemma3Family:
             "pan_and_scan": False,
         }
 
+    def frame_token_width(self) -> int:
+        return self.config.vision_config.hidden_size  # pooling keeps the tower's width
+
     def load_frame_encoder(self, device: torch.device, dtype: torch.dtype) -> Gemma3FrameEncoder:
-        return Gemma3FrameEncoder(self._load_tower().to(device=device, dtype=dtype), self.config)
+        vision_config = copy.deepcopy(self.config.vision_config)
+        vision_config.vision_use_head = False  # the projector reads last_hidden_state
+        tower = load_tower(AutoModel.from_config(vision_config), self.model, self.revision, _TOWER_PREFIXES,
+                           Gemma3ForConditionalGeneration, "model.vision_tower", skip=("head.",))
+        return Gemma3FrameEncoder(tower.to(device=device, dtype=dtype), self.config)
 
     # ----------------------------------------------------------------- stage two and inference
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> Gemma3ForConditionalGeneration:
         """The image LLM, frozen, without its vision tower (video tokens come from the cache)."""
-        placement = {}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement = {"device_map": {"": str(device)}}  # straight to the GPU, no host copy of the LLM
-        model = _Gemma3FromEmbeddings.from_pretrained(self.model, revision=self.revision, dtype=dtype, **placement)
-        model.model.vision_tower = None
-        return freeze(model.to(device))
+        return load_frozen_backbone(_Gemma3FromEmbeddings, self.model, self.revision, device, dtype,
+                                    drop=("model.vision_tower",))
 
     def projector(self, backbone: Gemma3ForConditionalGeneration) -> nn.Module:
         """g_z: the multi_modal_projector after its pooling (pooled tokens D -> K)."""
@@ -164,8 +161,7 @@ class Gemma3Family:
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, M, D) -> temporal tokens (T, D) (mean over pooled tokens = mean over all patches),
         spatial tokens (M, D) (mean over time)."""
-        tokens = tokens.float()
-        return tokens.mean(dim=1), tokens.mean(dim=0)
+        return mean_pool(tokens)
 
     def chat_format(self) -> ChatFormat:
         processor, tokenizer = self._processor, self._processor.tokenizer
@@ -177,28 +173,13 @@ class Gemma3Family:
             raise UserError(f"{self.model}: its tokenizer has no {END_OF_TURN} token to end answers with")
         # The processor's expansion of one image, with one soft token standing for all video tokens.
         one_image = processor.full_image_sequence.replace(image_token * processor.image_seq_length, image_token)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{question}"}]}]
-        chat = ChatFormat(tokenizer, _OneImagePrompt(processor, one_image), messages, placeholder_id)
+        chat = ChatFormat(tokenizer, _OneImagePrompt(processor, one_image), one_image_messages(), placeholder_id)
         chat.eos_id = end_of_turn  # the -it checkpoints end a turn (and generation) there, not at <eos>
         return chat
 
     def backbone_inputs(self, batch) -> dict:
         """token_type_ids 1 on every video token: one bidirectional block, as one image's soft tokens."""
         return {"token_type_ids": (batch.input_ids == self.config.image_token_id).long()}
-
-    def _load_tower(self) -> nn.Module:
-        vision_config = copy.deepcopy(self.config.vision_config)
-        vision_config.vision_use_head = False  # the projector reads last_hidden_state
-        state = load_submodule_state(self.model, _TOWER_PREFIXES, self.revision)
-        if state:
-            tower = AutoModel.from_config(vision_config)
-            missing, unexpected = tower.load_state_dict(state, strict=False)
-            if not missing and not unexpected:
-                return tower
-            log.info("vision tower keys differ from the checkpoint's (%d missing, %d unexpected); "
-                     "loading the whole model with from_pretrained instead", len(missing), len(unexpected))
-        full = Gemma3ForConditionalGeneration.from_pretrained(self.model, revision=self.revision)
-        return full.model.vision_tower
 
 
 class _Gemma3FromEmbeddings(Gemma3ForConditionalGeneration):
