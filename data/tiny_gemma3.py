@@ -8,7 +8,8 @@ special tokens (<bos>, <eos>, <start_of_turn>, <end_of_turn>, <start_of_image>, 
 <image_soft_token>) and the -it checkpoints' chat template, at toy widths. The 4B's 64 x 64
 patch grid pools 4 x 4 patches per token; the replica's 8 x 8 grid pools 2 x 2.
 Written to OUT_DIR (about 1 MB at the defaults):
-    config.json, generation_config.json (stops at <eos> or <end_of_turn>), model.safetensors
+    config.json, model.safetensors, generation_config.json (as the -it checkpoints': stops at
+        <eos> or <end_of_turn>, samples with top-k 64 / top-p 0.95 unless told otherwise)
     tokenizer.json, tokenizer_config.json (byte-level BPE; boi/eoi/image tokens named as the
         tokenizer attributes Gemma3Processor reads), chat_template.jinja
     preprocessor_config.json ("Gemma3ImageProcessor": square resize, bilinear, mean/std 0.5)
@@ -217,8 +218,10 @@ def _reinit(model: Gemma3ForConditionalGeneration, cfg: TinyGemma3Config) -> Non
 
 def build_model(config: Gemma3Config, cfg: TinyGemma3Config, tokenizer) -> Gemma3ForConditionalGeneration:
     model = build_seeded(Gemma3ForConditionalGeneration, config, cfg.seed, lambda model: _reinit(model, cfg))
-    # The -it checkpoints stop generating at <eos> or <end_of_turn>.
-    model.generation_config.eos_token_id = [config.text_config.eos_token_id, tokenizer.convert_tokens_to_ids(END_TURN)]
+    # As the -it checkpoints: stop at <eos> or <end_of_turn>, and sample (top-k 64, top-p 0.95) by default.
+    generation = model.generation_config
+    generation.eos_token_id = [config.text_config.eos_token_id, tokenizer.convert_tokens_to_ids(END_TURN)]
+    generation.update(do_sample=True, top_k=64, top_p=0.95, cache_implementation="hybrid")
     return model
 
 

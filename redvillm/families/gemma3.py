@@ -11,8 +11,8 @@ pooling is one fixed linear map applied to each frame alone, so the mean over ti
 frames is the pooling of the time-mean frame; and its k x k windows cut the grid into M equal
 parts, so the mean over the M pooled tokens of a frame is the mean over all its P^2 patches.
 Spatial tokens z (mean over T) and temporal tokens t (mean over M) are therefore exactly the
-paper's, computed from the patches; only the norm and the projection are nonlinear-or-learned,
-and they come after the means, in g_z and g_t (tests/test_family_gemma3.py checks both
+paper's, computed from the patches; only the norm (nonlinear) and the projection (learned)
+come after the means, in g_z and g_t (tests/test_family_gemma3.py checks both
 identities through the real projector).
 
 g_z is the projector with its pooling split off (Gemma3SoftEmbedding: the norm, then the
@@ -151,8 +151,12 @@ class Gemma3Family:
 
     def load_backbone(self, device: torch.device, dtype: torch.dtype) -> Gemma3ForConditionalGeneration:
         """The image LLM, frozen, without its vision tower (video tokens come from the cache)."""
-        return load_frozen_backbone(_Gemma3FromEmbeddings, self.model, self.revision, device, dtype,
-                                    drop=("model.vision_tower",))
+        backbone = load_frozen_backbone(_Gemma3FromEmbeddings, self.model, self.revision, device, dtype,
+                                        drop=("model.vision_tower",))
+        # The -it checkpoints' generation config samples (top-k 64, top-p 0.95); redvillm decodes
+        # greedily unless sampling parameters are given, so answers are reproducible.
+        backbone.generation_config.update(do_sample=False, top_k=None, top_p=None)
+        return backbone
 
     def projector(self, backbone: Gemma3ForConditionalGeneration) -> nn.Module:
         """g_z: the multi_modal_projector after its pooling (pooled tokens D -> K)."""
