@@ -26,26 +26,23 @@ byte-identical files.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import (
     DeepseekVLConfig,
     DeepseekVLForConditionalGeneration,
     DeepseekVLImageProcessorPil,
     DeepseekVLProcessor,
-    GenerationConfig,
     LlamaConfig,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -207,32 +204,16 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyDeepseekVLConfig) 
     )
 
 
-@torch.no_grad()
 def _reinit(model: DeepseekVLForConditionalGeneration, cfg: TinyDeepseekVLConfig) -> None:
-    """Overwrite HF's init where it leaves a tiny model unlearnable (docs/tiny-models.md); other vision params keep it."""
-    std = cfg.resolved_init_std
-    flat_by_default = [model.model.language_model, model.model.aligner, model.lm_head]
-    for part in flat_by_default:
-        for module in part.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, std)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()
+    """HF's init is too flat where the LLM learns through (docs/tiny-models.md); other vision params keep it."""
+    reinit_linear_and_embeddings((model.model.language_model, model.model.aligner, model.lm_head), cfg.resolved_init_std)
     embeddings = next(m for m in model.model.vision_model.modules() if isinstance(m, SiglipVisionEmbeddings))
-    embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
+    with torch.no_grad():
+        embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
 
 
 def build_model(config: DeepseekVLConfig, cfg: TinyDeepseekVLConfig) -> DeepseekVLForConditionalGeneration:
-    # HF's init draws from the global generator: seed it, but leave the caller's state as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = DeepseekVLForConditionalGeneration(config).to(torch.float32).eval()
-        _reinit(model, cfg)
-    text = config.text_config
-    model.generation_config = GenerationConfig(
-        bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
-    )
-    return model
+    return build_seeded(DeepseekVLForConditionalGeneration, config, cfg.seed, lambda model: _reinit(model, cfg))
 
 
 def build_tiny_deepseek_vl(out_dir: str | Path, cfg: TinyDeepseekVLConfig | None = None) -> Path:
@@ -248,24 +229,13 @@ def build_tiny_deepseek_vl(out_dir: str | Path, cfg: TinyDeepseekVLConfig | None
     processor.save_pretrained(out_dir)
     # Standalone preprocessor_config.json as well, as tiny_llava writes it.
     processor.image_processor.save_pretrained(out_dir)
-    recipe = {**asdict(cfg), "init_std": cfg.resolved_init_std}
-    recipe["transformers_version"] = transformers.__version__
-    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m redvillm.data.tiny_deepseek_vl",
-        description="Write a tiny random-weight DeepSeek-VL checkpoint.",
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--image-size", type=int, default=TinyDeepseekVLConfig.image_size)
-    parser.add_argument("--seed", type=int, default=TinyDeepseekVLConfig.seed)
-    args = parser.parse_args(argv)
-    out_dir = build_tiny_deepseek_vl(args.out_dir, TinyDeepseekVLConfig(image_size=args.image_size, seed=args.seed))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    main_for(build_tiny_deepseek_vl, TinyDeepseekVLConfig, "Write a tiny random-weight DeepSeek-VL checkpoint.",
+             {"image_size": {"type": int}}, argv)
 
 
 if __name__ == "__main__":

@@ -26,20 +26,16 @@ loads as the PIL backend without torchvision), chat_template.jinja, and tiny_dee
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import (
     DeepseekVLHybridConfig,
     DeepseekVLHybridForConditionalGeneration,
     DeepseekVLHybridImageProcessorPil,
     DeepseekVLHybridProcessor,
-    GenerationConfig,
     LlamaConfig,
     PreTrainedTokenizerFast,
     SamVisionConfig,
@@ -47,6 +43,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
 from redvillm.data.tiny_deepseek_vl import CHAT_TEMPLATE, IMAGE_TOKEN, build_tokenizer
 
 RECIPE_FILE = "tiny_deepseek_vl_hybrid.json"
@@ -146,29 +143,14 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyDeepseekVLHybridCo
 @torch.no_grad()
 def _reinit(model: DeepseekVLHybridForConditionalGeneration, cfg: TinyDeepseekVLHybridConfig) -> None:
     """HF's init is too flat for anything to learn through (see tiny_deepseek_vl); other towers' params keep it."""
-    std = cfg.resolved_init_std
-    for part in (model.model.language_model, model.model.aligner, model.lm_head):
-        for module in part.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, std)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()
+    reinit_linear_and_embeddings((model.model.language_model, model.model.aligner, model.lm_head), cfg.resolved_init_std)
     model.model.vision_model.embeddings.position_embedding.weight.normal_(0.0, cfg.position_embedding_std)
     model.model.high_res_vision_model.vision_encoder.pos_embed.normal_(0.0, cfg.position_embedding_std)
     model.model.high_res_vision_alpha.fill_(cfg.high_res_alpha)
 
 
 def build_model(config: DeepseekVLHybridConfig, cfg: TinyDeepseekVLHybridConfig) -> DeepseekVLHybridForConditionalGeneration:
-    # HF's init draws from the global generator: seed it, but leave the caller's state as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = DeepseekVLHybridForConditionalGeneration(config).to(torch.float32).eval()
-        _reinit(model, cfg)
-    text = config.text_config
-    model.generation_config = GenerationConfig(
-        bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
-    )
-    return model
+    return build_seeded(DeepseekVLHybridForConditionalGeneration, config, cfg.seed, lambda model: _reinit(model, cfg))
 
 
 def build_tiny_deepseek_vl_hybrid(out_dir: str | Path, cfg: TinyDeepseekVLHybridConfig | None = None) -> Path:
@@ -182,20 +164,13 @@ def build_tiny_deepseek_vl_hybrid(out_dir: str | Path, cfg: TinyDeepseekVLHybrid
     build_model(config, cfg).save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     processor.image_processor.save_pretrained(out_dir)  # the standalone preprocessor_config.json too
-    recipe = {**asdict(cfg), "init_std": cfg.resolved_init_std, "transformers_version": transformers.__version__}
-    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m redvillm.data.tiny_deepseek_vl_hybrid",
-                                     description="Write a tiny random-weight DeepSeek-VL 7B-architecture checkpoint.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=TinyDeepseekVLHybridConfig.seed)
-    args = parser.parse_args(argv)
-    out_dir = build_tiny_deepseek_vl_hybrid(args.out_dir, TinyDeepseekVLHybridConfig(seed=args.seed))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    main_for(build_tiny_deepseek_vl_hybrid, TinyDeepseekVLHybridConfig,
+             "Write a tiny random-weight DeepSeek-VL 7B-architecture checkpoint.", {}, argv)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,13 @@ byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import (
-    GenerationConfig,
     GotOcr2ImageProcessorPil,
     InternVLConfig,
     InternVLForConditionalGeneration,
@@ -46,6 +43,7 @@ from transformers import (
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings
 
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_internvl.json"
@@ -214,30 +212,17 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyInternVLConfig) ->
     )
 
 
-@torch.no_grad()
 def _reinit(model: InternVLForConditionalGeneration, cfg: TinyInternVLConfig) -> None:
-    """Overwrite HF's init where it leaves a tiny model unlearnable (docs/tiny-models.md); other vision params keep it."""
-    std = cfg.resolved_init_std
-    for part in (model.model.language_model, model.model.multi_modal_projector, model.lm_head):
-        for module in part.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, std)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()
+    """HF's init is too flat where the LLM learns through (docs/tiny-models.md); other vision params keep it."""
+    parts = (model.model.language_model, model.model.multi_modal_projector, model.lm_head)
+    reinit_linear_and_embeddings(parts, cfg.resolved_init_std)
     embeddings = next(m for m in model.model.vision_tower.modules() if isinstance(m, InternVLVisionEmbeddings))
-    embeddings.position_embeddings.normal_(0.0, cfg.position_embedding_std)
+    with torch.no_grad():
+        embeddings.position_embeddings.normal_(0.0, cfg.position_embedding_std)
 
 
 def build_model(config: InternVLConfig, cfg: TinyInternVLConfig) -> InternVLForConditionalGeneration:
-    # HF's init draws from the global generator: seed it, but leave the caller's state as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = InternVLForConditionalGeneration(config).to(torch.float32).eval()
-        _reinit(model, cfg)
-    text = config.text_config
-    model.generation_config = GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
-                                               pad_token_id=text.pad_token_id)
-    return model
+    return build_seeded(InternVLForConditionalGeneration, config, cfg.seed, lambda model: _reinit(model, cfg))
 
 
 def build_tiny_internvl(out_dir: str | Path, cfg: TinyInternVLConfig | None = None) -> Path:
@@ -252,21 +237,12 @@ def build_tiny_internvl(out_dir: str | Path, cfg: TinyInternVLConfig | None = No
     build_image_processor(cfg).save_pretrained(out_dir)
     processor = {"image_seq_length": cfg.image_seq_length, "processor_class": "InternVLProcessor"}
     (out_dir / "processor_config.json").write_text(json.dumps(processor, indent=2, sort_keys=True) + "\n")
-    # The recipe beside the weights, as every redvillm artifact has; HF loaders ignore it.
-    recipe = {**asdict(cfg), "init_std": cfg.resolved_init_std, "transformers_version": transformers.__version__}
-    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m redvillm.data.tiny_internvl",
-                                     description="Write a tiny random-weight InternVL3 checkpoint.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=TinyInternVLConfig.seed)
-    args = parser.parse_args(argv)
-    out_dir = build_tiny_internvl(args.out_dir, TinyInternVLConfig(seed=args.seed))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    main_for(build_tiny_internvl, TinyInternVLConfig, "Write a tiny random-weight InternVL3 checkpoint.", {}, argv)
 
 
 if __name__ == "__main__":

@@ -19,22 +19,17 @@ template load on their own, as they do from the real checkpoints.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 import transformers
-from transformers import (
-    GenerationConfig,
-    PreTrainedTokenizerFast,
-    Qwen2VLImageProcessorPil,
-)
+from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
 from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 RECIPE_FILE = "tiny_qwen2_vl.json"
@@ -148,26 +143,15 @@ def build_config(tokenizer: PreTrainedTokenizerFast, cfg: TinyQwen2VLConfig):
 def build_model(config, cfg: TinyQwen2VLConfig) -> torch.nn.Module:
     model_class = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
                    "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}[cfg.variant]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = model_class(config).to(torch.float32).eval()
-        _reinit(model, cfg)
-    model.generation_config = GenerationConfig(eos_token_id=config.text_config.eos_token_id,
-                                               pad_token_id=config.text_config.pad_token_id)
-    return model
+    return build_seeded(model_class, config, cfg.seed, lambda model: _reinit(model, cfg))
 
 
-@torch.no_grad()
 def _reinit(model: torch.nn.Module, cfg: TinyQwen2VLConfig) -> None:
-    """HF's 0.02 init leaves a tiny LLM too flat to learn through (docs/tiny-models.md): 1/sqrt(width)."""
-    std = 1.0 / math.sqrt(cfg.text_hidden)
-    for part in (model.model.language_model, model.model.visual.merger, model.lm_head):
-        for module in part.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, std)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()
-    model.model.visual.patch_embed.proj.weight.normal_(0.0, cfg.position_std)
+    """1/sqrt(width) where the LLM learns through; the patch embed keeps position readable (docs/tiny-models.md)."""
+    visual = model.model.visual
+    reinit_linear_and_embeddings((model.model.language_model, visual.merger, model.lm_head), 1 / math.sqrt(cfg.text_hidden))
+    with torch.no_grad():
+        visual.patch_embed.proj.weight.normal_(0.0, cfg.position_std)
 
 
 def build_tiny_qwen2_vl(out_dir: str | Path, cfg: TinyQwen2VLConfig = TinyQwen2VLConfig()) -> Path:
@@ -179,21 +163,13 @@ def build_tiny_qwen2_vl(out_dir: str | Path, cfg: TinyQwen2VLConfig = TinyQwen2V
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     build_image_processor().save_pretrained(out_dir)
-    recipe = {**asdict(cfg), "transformers_version": transformers.__version__}
-    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    write_recipe(out_dir, RECIPE_FILE, cfg)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m redvillm.data.tiny_qwen2_vl",
-                                     description="Write a tiny random-weight Qwen2-VL or Qwen2.5-VL checkpoint.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--variant", choices=["qwen2_vl", "qwen2_5_vl"], default="qwen2_vl")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    out_dir = build_tiny_qwen2_vl(args.out_dir, TinyQwen2VLConfig(variant=args.variant, seed=args.seed))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    main_for(build_tiny_qwen2_vl, TinyQwen2VLConfig, "Write a tiny random-weight Qwen2-VL or Qwen2.5-VL checkpoint.",
+             {"variant": {"choices": ["qwen2_vl", "qwen2_5_vl"]}}, argv)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from redvillm.extract.config import DEFAULT_MODEL, ExtractConfig
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--num-frames", default=100, help="T: frames sampled uniformly from each video.")
 @click.option("--image-size", type=int, default=None,
-              help="Square frame size for any-resolution vision towers (Qwen2-VL, Qwen2.5-VL: default 224, "
-                   "256 patches); fixed-resolution families use their processor's size.")
+              help="Square frame size, for vision towers that take any resolution (default: the family's own); "
+                   "fixed-resolution towers refuse it and use their processor's size (README: Backbones).")
 @click.option("--sampling", type=click.Choice(["uniform", "videochatgpt"]), default="uniform",
               help="Frame index rule; videochatgpt reproduces Video-ChatGPT's extractor.")
 @click.option("--short-videos", type=click.Choice(["repeat", "keep"]), default="repeat",

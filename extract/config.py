@@ -19,7 +19,7 @@ class ExtractConfig:
     model: str = DEFAULT_MODEL  # hub id or local checkpoint directory
     revision: str | None = None  # hub revision (branch, tag or commit)
     num_frames: int = 100  # T, sampled uniformly whatever the fps
-    image_size: int | None = None  # square frame size for any-resolution towers (Qwen2-VL: 224 -> 256 patches)
+    image_size: int | None = None  # square frame size for any-resolution towers (None: the family's default)
     sampling: SamplingRule = "uniform"  # or "videochatgpt", Video-ChatGPT's index rule
     short_videos: ShortVideoPolicy = "repeat"  # videos with fewer than T frames: repeat or keep
     batch_size: int = 32  # frames per vision-encoder forward

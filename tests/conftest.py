@@ -16,12 +16,17 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """tiny_model(name, build) -> the folder `build(folder)` wrote a tiny replica to, once per session and name."""
+    """tiny_model(name, module, *args) -> the folder `python -m redvillm.data.<module> FOLDER *args` wrote
+    a tiny replica to, built once per session and name."""
+    import importlib
+
     built: dict[str, Path] = {}
 
-    def get(name: str, build) -> Path:
+    def get(name: str, module: str, *args: str) -> Path:
         if name not in built:
-            built[name] = build(tmp_path_factory.mktemp("models") / name)
+            out = tmp_path_factory.mktemp("models") / name
+            importlib.import_module(f"redvillm.data.{module}").main([str(out), *args])
+            built[name] = out
         return built[name]
 
     return get
@@ -30,9 +35,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_model) -> Path:
     """A random-weight LlavaForConditionalGeneration saved with save_pretrained (224 px, patch 32)."""
-    from redvillm.data.tiny_llava import build_tiny_llava
-
-    return tiny_model("llava", build_tiny_llava)
+    return tiny_model("llava", "tiny_llava")
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,15 @@
 - extract -> train -> predict -> judge -> ask through the CLIs, with a Chinese question;
 - a cache of another family is refused in one line; --image-size is refused by fixed-size towers.
 
-A new family adds a row (its replica builder, how its processor makes reference inputs, its
-N and D) and keeps only what is its own in tests/test_family_<name>.py.
+Also: the replica's command rebuilds it byte for byte, and its tokenizer round-trips any text.
+
+A new family adds a row (its replica's module, how its processor makes reference inputs when
+AutoProcessor does not, its N and D) and keeps only what is its own in tests/test_family_<name>.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -37,12 +41,6 @@ from transformers import (
 
 from redvillm import open_cache
 from redvillm.batching import VideoSample, collate
-from redvillm.data.tiny_deepseek_vl import build_tiny_deepseek_vl
-from redvillm.data.tiny_deepseek_vl_hybrid import build_tiny_deepseek_vl_hybrid
-from redvillm.data.tiny_gemma3 import build_tiny_gemma3
-from redvillm.data.tiny_internvl import build_tiny_internvl
-from redvillm.data.tiny_llava import build_tiny_llava
-from redvillm.data.tiny_qwen2_vl import TinyQwen2VLConfig, build_tiny_qwen2_vl
 from redvillm.errors import UserError
 from redvillm.evaluate.cli import main as eval_main
 from redvillm.evaluate.predict import read_predictions
@@ -84,7 +82,7 @@ def our_pixel_values(family, encoder, frames: torch.Tensor) -> dict[str, torch.T
 @dataclass(frozen=True)
 class Case:
     name: str  # the checkpoint's model_type, as caches record it
-    build: Callable[[Path], Path]  # writes the tiny replica to a folder
+    replica: tuple[str, ...]  # data/ module (and its command-line options) that writes the tiny replica
     num_patches: int  # N per frame
     hidden_size: int  # D
     other: str  # a family (row name) whose checkpoint must refuse this family's cache
@@ -159,21 +157,18 @@ def gemma3_inputs(model_dir: Path, question: str, image: np.ndarray) -> dict:
     return dict(processor(images=Image.fromarray(image), text=prompt, add_special_tokens=False, return_tensors="pt"))
 
 
-def qwen(variant: str) -> Callable[[Path], Path]:
-    return lambda out: build_tiny_qwen2_vl(out, TinyQwen2VLConfig(variant=variant))
-
+QWEN = dict(reference_inputs=qwen_inputs, frame_tokens=qwen_frame_tokens, pixels=qwen_pixels,
+            frame_shapes=((224, 224),))  # its processor keeps the aspect ratio, our frames are square
 
 CASES = [
-    Case("llava", build_tiny_llava, 49, 64, other="deepseek_vl"),
-    Case("qwen2_vl", qwen("qwen2_vl"), 256, 32, other="llava", reference_inputs=qwen_inputs,
-         frame_tokens=qwen_frame_tokens, pixels=qwen_pixels, frame_shapes=((224, 224),)),
-    Case("qwen2_5_vl", qwen("qwen2_5_vl"), 256, 32, other="qwen2_vl", reference_inputs=qwen_inputs,
-         frame_tokens=qwen_frame_tokens, pixels=qwen_pixels, frame_shapes=((224, 224),)),
-    Case("deepseek_vl", build_tiny_deepseek_vl, 16, 64, other="llava"),
-    Case("deepseek_vl_hybrid", build_tiny_deepseek_vl_hybrid, 36, 128, other="deepseek_vl",
+    Case("llava", ("tiny_llava",), 49, 64, other="deepseek_vl"),
+    Case("qwen2_vl", ("tiny_qwen2_vl",), 256, 32, other="llava", **QWEN),
+    Case("qwen2_5_vl", ("tiny_qwen2_vl", "--variant", "qwen2_5_vl"), 256, 32, other="qwen2_vl", **QWEN),
+    Case("deepseek_vl", ("tiny_deepseek_vl",), 16, 64, other="llava"),
+    Case("deepseek_vl_hybrid", ("tiny_deepseek_vl_hybrid",), 36, 128, other="deepseek_vl",
          frame_tokens=hybrid_frame_tokens, pixels=hybrid_pixels),
-    Case("internvl", build_tiny_internvl, 64, 64, other="llava", reference_inputs=internvl_inputs),
-    Case("gemma3", build_tiny_gemma3, 16, 64, other="llava", reference_inputs=gemma3_inputs),
+    Case("internvl", ("tiny_internvl",), 64, 64, other="llava", reference_inputs=internvl_inputs),
+    Case("gemma3", ("tiny_gemma3",), 16, 64, other="llava", reference_inputs=gemma3_inputs),
 ]
 BY_NAME = {case.name: case for case in CASES}
 IDS = [case.name for case in CASES]
@@ -182,7 +177,7 @@ IDS = [case.name for case in CASES]
 @pytest.fixture(scope="session")
 def replica(tiny_model):
     """replica(case) -> the case's tiny checkpoint, built once per session."""
-    return lambda case: tiny_model(case.name, case.build)
+    return lambda case: tiny_model(case.name, *case.replica)
 
 
 @pytest.fixture(scope="session")
@@ -209,6 +204,23 @@ def invoke(command, *args, exit_code=0):
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_replica_rebuilds_byte_identical_and_its_tokenizer_round_trips_any_text(case, replica, tmp_path, capsys):
+    module, *args = case.replica
+    again = tmp_path / "again"
+    importlib.import_module(f"redvillm.data.{module}").main([str(again), *args])
+    assert "model.safetensors" in capsys.readouterr().out  # the command lists what it wrote
+    built = sorted(p.name for p in replica(case).iterdir())
+    assert sorted(p.name for p in again.iterdir()) == built and "model.safetensors" in built
+    for name in built:
+        assert (again / name).read_bytes() == (replica(case) / name).read_bytes(), name
+    tokenizer, config = AutoTokenizer.from_pretrained(again), AutoConfig.from_pretrained(again)
+    assert config.model_type == case.name and config.text_config.eos_token_id == tokenizer.eos_token_id
+    for text in ("The red square moves to the left.", "  It was GREEN, then blue!\n ", "红色的方块向左移动。",
+                 "mixed 中文 and English, émoji 🙂 too"):
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
 
 
 @pytest.mark.parametrize("question", QUESTIONS)

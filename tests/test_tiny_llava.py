@@ -25,8 +25,8 @@ USER_TURN = {"role": "user", "content": [{"type": "image"}, {"type": "text", "te
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+def model_dir(tiny_llava):
+    return tiny_llava
 
 
 @pytest.fixture(scope="module")
@@ -104,30 +104,18 @@ def test_init_follows_recipe(model):
     assert position_table.std().item() == pytest.approx(0.5, rel=0.1)
 
 
-def test_build_is_deterministic(tmp_path, model_dir):
-    again = build_tiny_llava(tmp_path / "again")
-    for name in ("model.safetensors", "tokenizer.json", "config.json", "processor_config.json"):
-        assert (again / name).read_bytes() == (model_dir / name).read_bytes(), name
+def test_the_seed_changes_the_weights_only(tmp_path, model_dir):
+    """(Rebuilding byte for byte and tokenizer round trips: the conformance suite, for every replica.)"""
     other = build_tiny_llava(tmp_path / "other", TinyLlavaConfig(seed=1))
     assert (other / "model.safetensors").read_bytes() != (model_dir / "model.safetensors").read_bytes()
     assert (other / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "The red square moves to the left.",
-        "  Which colour appeared first?\nIt was GREEN, then blue!  ",
-        "红色的方块向左移动。哪个颜色先出现？",
-        "mixed 中文 and English, émoji 🙂 too",
-    ],
-)
-def test_tokenizer_round_trips_any_text(processor, text):
+def test_tokenizer_adds_llamas_bos(processor):
     tokenizer = processor.tokenizer
-    ids = tokenizer(text).input_ids
+    ids = tokenizer("红色的方块向左移动。").input_ids
     assert ids[0] == tokenizer.bos_token_id  # Llama prepends <s>
-    assert tokenizer.decode(ids, skip_special_tokens=True) == text
-    assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "红色的方块向左移动。"
 
 
 def test_special_tokens_match_config(model_dir, processor):
@@ -158,15 +146,6 @@ def test_chat_template_renders_llava_1_5_prompt(processor):
     assert two_turns == f"USER: <image>\n{QUESTION} ASSISTANT: red</s>USER: And last? ASSISTANT:"
     plain = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "red"}]
     assert processor.apply_chat_template(plain) == "USER: hi ASSISTANT: red</s>"
-
-
-def test_greedy_generate(processor, model):
-    inputs = _prompt_inputs(processor)
-    output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    prompt_len = inputs["input_ids"].shape[1]
-    assert output.shape[0] == 1 and prompt_len < output.shape[1] <= prompt_len + 5
-    assert torch.equal(output[0, :prompt_len], inputs["input_ids"][0])
-    assert isinstance(processor.tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True), str)
 
 
 def test_cli_writes_a_loadable_model(tmp_path):
