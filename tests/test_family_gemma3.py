@@ -122,6 +122,14 @@ def test_pan_and_scan_is_refused(tiny_gemma3, tmp_path):
     assert "\n" not in str(err.value) and "do_pan_and_scan" in str(err.value)
 
 
+def test_a_checkpoint_without_chat_template_is_refused(tiny_gemma3, tmp_path):
+    copy = shutil.copytree(tiny_gemma3, tmp_path / "pretrained-only")
+    (copy / "chat_template.jinja").unlink()
+    with pytest.raises(UserError) as err:
+        load_family(str(copy)).chat_format()
+    assert "\n" not in str(err.value) and "chat template" in str(err.value)
+
+
 def test_chinese_answers_end_at_end_of_turn(tiny_gemma3):
     chat = load_family(str(tiny_gemma3)).chat_format()
     encoded = chat.encode(CHINESE, "红色的方块先出现。")

@@ -169,6 +169,9 @@ class Gemma3Family:
 
     def chat_format(self) -> ChatFormat:
         processor, tokenizer = self._processor, self._processor.tokenizer
+        if not processor.chat_template:
+            raise UserError(f"{self.model}: no chat template in its processor files (a pretrained -pt "
+                            "checkpoint?); use an instruction-tuned -it checkpoint, whose prompt redvillm reuses")
         image_token, placeholder_id = tokenizer.image_token, self.config.image_token_id
         if tokenizer.convert_tokens_to_ids(image_token) != placeholder_id:
             raise UserError(f"{self.model}: tokenizer's {image_token} is not config.image_token_id {placeholder_id}")
