@@ -21,8 +21,10 @@ projection), a copy of the checkpoint's weights; g_t is its copy, as for every f
 Attention: Gemma 3 lets the soft tokens of one image attend to each other in both directions
 (token_type_ids 1 on the soft tokens; a contiguous run is one block). All video tokens
 [g_t(t), g_z(z)] are marked as image tokens, so they form one block: the video is one image to
-Gemma, every video token sees every other, and text stays causal. With one frame and no
-temporal tokens this is exactly the backbone's image forward.
+Gemma, every video token sees every other, and text stays causal. In the sliding-window layers
+the block is cut to the window (1024 tokens in the -it models), as an image's would be; at
+T = 100 all 356 video tokens fit. With one frame and no temporal tokens this is exactly the
+backbone's image forward.
 
 Prompt: the processor's own chat template, whose "<start_of_image>" the processor expands to
 "\\n\\n<start_of_image>" + 256 x "<image_soft_token>" + "<end_of_image>\\n\\n"; ours expands it the same
