@@ -193,6 +193,13 @@ def onevision_base_tile(model_dir: Path, image: np.ndarray) -> dict:
     return {"pixel_values": pixels["pixel_values"][:, 0]}
 
 
+def gemma3_inputs(model_dir: Path, question: str, image: np.ndarray) -> dict:
+    """Gemma's template writes <bos> itself (processor.apply_chat_template(tokenize=True) adds none)."""
+    processor = AutoProcessor.from_pretrained(model_dir)
+    prompt = processor.apply_chat_template(user_turn(question), add_generation_prompt=True)
+    return dict(processor(images=Image.fromarray(image), text=prompt, add_special_tokens=False, return_tensors="pt"))
+
+
 QWEN = dict(reference_inputs=qwen_inputs, frame_tokens=qwen_frame_tokens, pixels=qwen_pixels,
             frame_shapes=((224, 224),))  # its processor keeps the aspect ratio, our frames are square
 
@@ -207,6 +214,8 @@ CASES = [
     Case("llava_onevision", ("tiny_llava_onevision",), 25, 32, other="llava", reference_inputs=onevision_inputs,
          frame_tokens=lambda family, encoder, inputs, image: encoder(inputs["pixel_values"][0]), continues=True,
          reference_pixels=onevision_base_tile),
+
+    Case("gemma3", ("tiny_gemma3",), 16, 64, other="llava", reference_inputs=gemma3_inputs),
 ]
 BY_NAME = {case.name: case for case in CASES}
 IDS = [case.name for case in CASES]

@@ -19,6 +19,8 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "deepseek_vl_hybrid": ("redvillm.families.deepseek_vl_hybrid", "DeepseekVLHybridFamily", "DeepSeek-VL 7B (DeepseekVLHybridForConditionalGeneration)"),
     "internvl": ("redvillm.families.internvl", "InternVLFamily", "InternVL3 (InternVLForConditionalGeneration)"),
     "llava_onevision": ("redvillm.families.llava_onevision", "LlavaOnevisionFamily", "LLaVA-OneVision (LlavaOnevisionForConditionalGeneration)"),
+
+    "gemma3": ("redvillm.families.gemma3", "Gemma3Family", "Gemma 3 (Gemma3ForConditionalGeneration)"),
 }
 
 
