@@ -41,7 +41,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, write_recipe
+from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_gemma3.json"
@@ -227,17 +227,13 @@ def build_model(config: Gemma3Config, cfg: TinyGemma3Config, tokenizer) -> Gemma
 
 def build_tiny_gemma3(out_dir: str | Path, cfg: TinyGemma3Config = TinyGemma3Config()) -> Path:
     """Write a loadable tiny Gemma 3 checkpoint (model, processor, tokenizer, template) to out_dir."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg.vocab_size)
-    build_model(build_config(tokenizer, cfg), cfg, tokenizer).save_pretrained(out_dir)
     processor = build_processor(tokenizer, cfg)
-    processor.save_pretrained(out_dir)
-    processor.image_processor.save_pretrained(out_dir)  # preprocessor_config.json
-    # processor_config.json as the real checkpoints have it: the image processor lives in its own file.
+    # The image processor also in its own file (preprocessor_config.json), as the real checkpoints have it.
+    out_dir = save_replica(out_dir, (build_model(build_config(tokenizer, cfg), cfg, tokenizer), processor,
+                                     processor.image_processor), RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     layout = {"image_seq_length": cfg.mm_tokens_per_image, "processor_class": "Gemma3Processor"}
     (out_dir / "processor_config.json").write_text(json.dumps(layout, indent=2, sort_keys=True) + "\n")
-    write_recipe(out_dir, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
     return out_dir
 
 
