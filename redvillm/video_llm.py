@@ -147,6 +147,12 @@ class VideoLLM:
         self.adapter_forward = adapter  # the training loop swaps in its DDP wrapper
         # The family's extra forward arguments (Qwen2-VL: what builds its 3-D rope positions).
         self.backbone_inputs = backbone_inputs or (lambda batch: {})
+        # Many chat checkpoints ship a generation config that samples (top-k, top-p). redvillm
+        # decodes greedily unless sampling parameters are given and recorded, so a checkpoint's
+        # hidden defaults must never turn a "greedy" prediction into an unseeded sample.
+        generation_config = getattr(backbone, "generation_config", None)
+        if generation_config is not None:
+            generation_config.update(do_sample=False, top_k=None, top_p=None, temperature=None)
 
     @property
     def dtype(self) -> torch.dtype:

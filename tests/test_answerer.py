@@ -184,3 +184,26 @@ def test_a_cancelled_row_stops_and_leaves_the_others_alone(answerer, small_cache
     assert [got[0].text, got[2].text] == [predicted[0], predicted[2]]
     assert got[1].completion_tokens == 1 and got[1].finish_reason == "stop"
     assert got[1].text == answerer.answer([items[1]], max_new_tokens=1)[0] != predicted[1]
+
+
+def test_a_checkpoint_whose_generation_config_samples_still_answers_greedily(tiny_llava, trained_run, small_cache,
+                                                                               qa_file, tmp_path):
+    """Chat checkpoints often ship do_sample=True: 'greedy' answers must not quietly become samples."""
+    import shutil
+
+    model, run = tmp_path / "sampling-llava", tmp_path / "run"
+    shutil.copytree(tiny_llava, model)
+    config = json.loads((model / "generation_config.json").read_text())
+    config.update(do_sample=True, top_k=50, temperature=5.0)
+    (model / "generation_config.json").write_text(json.dumps(config))
+    shutil.copytree(trained_run, run)  # the same adapter over the copy whose generation config samples
+    run_config = json.loads((run / "redvillm_config.json").read_text())
+    (run / "redvillm_config.json").write_text(json.dumps({**run_config, "model": str(model)}))
+    video_id, question = json.loads(qa_file.read_text())[0]["video_id"], "What happens?"
+    answers = []
+    with VideoAnswerer.load(run, device="cpu") as loaded:
+        tokens = loaded.family.pool(torch.from_numpy(open_cache(small_cache)[video_id]))
+        for seed in range(3):
+            torch.manual_seed(seed)
+            answers.append(loaded.answer([(tokens, question)], max_new_tokens=TOKENS)[0])
+    assert answers[0] == answers[1] == answers[2]

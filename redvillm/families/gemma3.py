@@ -155,9 +155,6 @@ class Gemma3Family:
         """The image LLM, frozen, without its vision tower (video tokens come from the cache)."""
         backbone = load_frozen_backbone(_Gemma3FromEmbeddings, self.model, self.revision, device, dtype,
                                         drop=("model.vision_tower",))
-        # The -it checkpoints' generation config samples (top-k 64, top-p 0.95); redvillm decodes
-        # greedily unless sampling parameters are given, so answers are reproducible.
-        backbone.generation_config.update(do_sample=False, top_k=None, top_p=None)
         return backbone
 
     def projector(self, backbone: Gemma3ForConditionalGeneration) -> nn.Module:
