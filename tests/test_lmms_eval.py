@@ -239,11 +239,11 @@ ACTIVITYNETQA_JUDGE = """\
     from urllib.parse import urlsplit
     import requests
     from lmms_eval.tasks.activitynetqa import utils as judge
-    from lmms_eval.tasks.activitynetqa.utils import (activitynetqa_aggregate_accuracy,
-                                                     activitynetqa_aggregate_score, activitynetqa_process_results)
     URL = getattr(judge, "API_URL", "")
     if judge.API_TYPE != "openai" or urlsplit(URL).hostname != "127.0.0.1" or requests.utils.get_environ_proxies(URL):
         raise SystemExit(f"not judging: lmms-eval's judge would ask {URL!r} (API_TYPE {judge.API_TYPE}), not 127.0.0.1")
+    from lmms_eval.tasks.activitynetqa.utils import (activitynetqa_aggregate_accuracy,
+                                                     activitynetqa_aggregate_score, activitynetqa_process_results)
     """
 JUDGED_SCORING = """\
     process_results: !function local_utils.activitynetqa_process_results
