@@ -2,7 +2,9 @@
 
 The end-to-end test runs lmms-eval's own CLI on a local task (a JSON dataset of the synthetic
 videos, scored by exact match) and checks its results file and logged samples against
-`redvillm-eval predict` on the same videos and questions.
+`redvillm-eval predict` on the same videos and questions. The judged run scores such a task
+with lmms-eval's own ActivityNet-QA judge code and aggregations, asking a scripted judge on
+127.0.0.1, and checks its numbers against the judge's rule applied to predict's answers.
 """
 
 import json
