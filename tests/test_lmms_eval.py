@@ -2,14 +2,19 @@
 
 The end-to-end test runs lmms-eval's own CLI on a local task (a JSON dataset of the synthetic
 videos, scored by exact match) and checks its results file and logged samples against
-`redvillm-eval predict` on the same videos and questions.
+`redvillm-eval predict` on the same videos and questions. The judged run scores such a task
+with lmms-eval's own ActivityNet-QA judge code and aggregations, asking a scripted judge on
+127.0.0.1, and checks its numbers against the judge's rule applied to predict's answers.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,6 +28,7 @@ from redvillm.evaluate.predict import PredictConfig, read_predictions, run_predi
 from redvillm.lmms_eval_model import Generation, RedVillm  # noqa: E402
 
 TASK = "redvillm_local_qa"
+JUDGED_TASK = "redvillm_local_judged_qa"
 MAX_NEW_TOKENS = 4
 BATCH = 3
 
@@ -126,8 +132,18 @@ def test_each_process_takes_its_own_gpu(monkeypatch):
     assert _rank_device("auto") == "cuda:1"
 
 
-def write_task(task_dir, videos, rows):
-    """A local generate_until task over `videos`, scored by lmms-eval's built-in exact match."""
+EXACT_MATCH = """\
+    metric_list:
+      - metric: exact_match
+        aggregation: mean
+        higher_is_better: true
+    """
+
+
+def write_task(task_dir, videos, rows, task=TASK, scoring=EXACT_MATCH, utils_tail=""):
+    """A local generate_until task over `videos` that asks each row's question as written;
+    `scoring` is its YAML from metric_list on (lmms-eval's built-in exact match unless given),
+    `utils_tail` more code for its local_utils.py."""
     task_dir.mkdir()
     (task_dir / "qa.json").write_text(json.dumps(rows), encoding="utf-8")
     (task_dir / "local_utils.py").write_text(textwrap.dedent(f"""\
@@ -137,9 +153,9 @@ def write_task(task_dir, videos, rows):
             return [os.path.join(VIDEOS, doc["video_name"] + ".mp4")]
         def doc_to_text(doc, lmms_eval_specific_kwargs=None):
             return doc["question"]
-        """))
-    (task_dir / f"{TASK}.yaml").write_text(textwrap.dedent(f"""\
-        task: {TASK}
+        """) + textwrap.dedent(utils_tail))
+    (task_dir / f"{task}.yaml").write_text(textwrap.dedent(f"""\
+        task: {task}
         dataset_path: json
         dataset_kwargs:
           data_files:
@@ -154,25 +170,21 @@ def write_task(task_dir, videos, rows):
           max_new_tokens: {MAX_NEW_TOKENS}
           temperature: 0
           do_sample: false
-        metric_list:
-          - metric: exact_match
-            aggregation: mean
-            higher_is_better: true
-        """))
+        """) + textwrap.dedent(scoring))
 
 
-def run_lmms_eval(trained_run, task_dir, out_dir, processes=1):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(out_dir / "hf"),
+def run_lmms_eval(trained_run, task_dir, out_dir, processes=1, task=TASK, env=None):
+    env = dict(env or os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(out_dir / "hf"),
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     launcher = [sys.executable] if processes == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     cmd = launcher + ["-m", "lmms_eval", "--model", "redvillm", "--model_args", f"model_dir={trained_run},device=cpu",
-                      "--tasks", TASK, "--include_path", str(task_dir), "--batch_size", str(BATCH), "--log_samples",
+                      "--tasks", task, "--include_path", str(task_dir), "--batch_size", str(BATCH), "--log_samples",
                       "--output_path", str(out_dir)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     # lmms-eval exits 0 even when the evaluation failed: the files below are the real check.
     results = sorted(out_dir.rglob("*_results.json"))
-    samples = sorted(out_dir.rglob(f"*_samples_{TASK}.jsonl"))
+    samples = sorted(out_dir.rglob(f"*_samples_{task}.jsonl"))
     assert result.returncode == 0 and len(results) == 1 and len(samples) == 1, \
         f"rc={result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     rows = [json.loads(line) for line in samples[0].read_text(encoding="utf-8").splitlines()]
@@ -219,3 +231,102 @@ def test_lmms_eval_scores_what_redvillm_predict_answers(trained_run, local_task,
 def test_two_processes_share_the_questions(trained_run, local_task, tmp_path):
     task_dir, rows, preds, expected = local_task
     check_run(*run_lmms_eval(trained_run, task_dir, tmp_path / "out", processes=2), rows, preds, expected)
+
+
+JUDGE_MODEL, JUDGE_KEY = "scripted-judge-1", "test-key-not-a-secret"
+# The judged task's scoring is lmms-eval's own ActivityNet-QA code: its process_results asks the
+# judge about each question, its aggregations make the task's two numbers. Its local_utils refuses
+# to load (so nothing is asked) unless that code would ask this machine, with no proxy in between.
+ACTIVITYNETQA_JUDGE = """\
+    from urllib.parse import urlsplit
+    import requests
+    from lmms_eval.tasks.activitynetqa import utils as judge
+    URL = getattr(judge, "API_URL", "")
+    if judge.API_TYPE != "openai" or urlsplit(URL).hostname != "127.0.0.1" or requests.utils.get_environ_proxies(URL):
+        raise SystemExit(f"not judging: lmms-eval's judge would ask {URL!r} (API_TYPE {judge.API_TYPE}), not 127.0.0.1")
+    from lmms_eval.tasks.activitynetqa.utils import (activitynetqa_aggregate_accuracy,
+                                                     activitynetqa_aggregate_score, activitynetqa_process_results)
+    """
+JUDGED_SCORING = """\
+    process_results: !function local_utils.activitynetqa_process_results
+    metric_list:
+      - metric: gpt_eval_score
+        aggregation: !function local_utils.activitynetqa_aggregate_score
+        higher_is_better: true
+      - metric: gpt_eval_accuracy
+        aggregation: !function local_utils.activitynetqa_aggregate_accuracy
+        higher_is_better: true
+    """
+# What lmms-eval's ActivityNet-QA judge code puts in its user message.
+ASKED = re.compile(r"Question: (.*?)\nCorrect Answer: (.*?)\nPredicted Answer: (.*)\n\nProvide your evaluation", re.S)
+
+
+def scripted_verdict(answer, pred):
+    """The scripted judge's rule: yes and score 4 when the prediction holds the reference answer
+    (case aside), otherwise no and score 1."""
+    return ("yes", 4) if answer.strip().lower() in pred.lower() else ("no", 1)
+
+
+class ScriptedJudge(BaseHTTPRequestHandler):
+    """An OpenAI-style chat endpoint that records each question asked and replies in the Python
+    dictionary form lmms-eval's ActivityNet-QA code parses."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        asked = ASKED.search(body["messages"][-1]["content"])
+        self.server.asked.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                  "model": body["model"], "qa": asked.groups() if asked else None})
+        reply = "{'pred': '%s', 'score': %d}" % scripted_verdict(*asked.groups()[1:]) if asked else "no idea"
+        data = json.dumps({"model": body["model"], "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                         "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted_judge():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedJudge)
+    server.asked = []
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def judge_env(server):
+    """Every variable lmms-eval's ActivityNet-QA judge reads, naming the scripted judge; no proxies."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    return dict(env, API_TYPE="openai", OPENAI_API_URL=f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
+                OPENAI_API_KEY=JUDGE_KEY, MODEL_VERSION=JUDGE_MODEL, NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+
+
+def test_lmms_eval_judges_redvillm_answers_with_its_activitynetqa_code(trained_run, local_task, synthetic_videos,
+                                                                       scripted_judge, tmp_path):
+    _, rows, preds, _ = local_task
+    rows = [dict(row, type=i % 3) for i, row in enumerate(rows)]  # the judge code copies each row's type
+    # Half the references are predict's answers (local_task); one more is a part of one, so the
+    # verdicts are not split evenly and a judge answering the other way round would change both numbers.
+    rows[1]["answer"] = preds[rows[1]["question_id"]].strip()[:2]
+    write_task(tmp_path / "task", synthetic_videos, rows, JUDGED_TASK, JUDGED_SCORING, ACTIVITYNETQA_JUDGE)
+    results, samples = run_lmms_eval(trained_run, tmp_path / "task", tmp_path / "out", task=JUDGED_TASK,
+                                     env=judge_env(scripted_judge))
+    verdicts = {r["question_id"]: scripted_verdict(r["answer"], preds[r["question_id"]]) for r in rows}
+    yes = sum(correct == "yes" for correct, _ in verdicts.values())
+    assert yes > len(rows) // 2
+    scores = results["results"][JUDGED_TASK]
+    assert scores["gpt_eval_accuracy,none"] == pytest.approx(100 * yes / len(rows))
+    assert scores["gpt_eval_score,none"] == pytest.approx(sum(s for _, s in verdicts.values()) / len(rows))
+    # One request per question, with its question, reference answer and redvillm's answer.
+    assert sorted(a["qa"] for a in scripted_judge.asked) == \
+        sorted((r["question"], r["answer"], preds[r["question_id"]]) for r in rows)
+    assert {(a["path"], a["auth"], a["model"]) for a in scripted_judge.asked} == \
+        {("/v1/chat/completions", f"Bearer {JUDGE_KEY}", JUDGE_MODEL)}
+    for sample in samples:
+        judged, qid = sample["gpt_eval_accuracy"], rows[sample["doc_id"]]["question_id"]
+        assert (judged["pred"], judged["Correctness"], judged["score"]) == (preds[qid], *verdicts[qid])
