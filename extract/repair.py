@@ -15,7 +15,7 @@ from pathlib import Path
 
 import h5py
 
-from redvillm.cache import all_finite, count_nonfinite, error_line, shard_videos
+from redvillm.cache import HDF5_DAMAGE, all_finite, count_nonfinite, error_line, shard_videos
 
 DAMAGED_SUFFIX = ".damaged"
 
@@ -44,7 +44,7 @@ def shard_damage(shard: Path, verify: bool) -> str | None:
             videos = shard_videos(f)
             if verify:
                 return _first_bad_video(f, videos)
-    except (OSError, KeyError, ValueError, TypeError) as err:
+    except HDF5_DAMAGE as err:
         return f"unreadable shard ({error_line(err)})"
     return None
 
@@ -53,7 +53,7 @@ def _first_bad_video(f: h5py.File, videos: dict[str, str]) -> str | None:
     for video_id, name in videos.items():
         try:
             tokens = f["videos"][name][()]
-        except OSError as err:
+        except HDF5_DAMAGE as err:
             return f"video {video_id!r} is unreadable ({error_line(err)})"
         if not all_finite(tokens):
             return f"video {video_id!r} has {count_nonfinite(tokens)} non-finite token values"

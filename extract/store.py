@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, all_finite,
+from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, HDF5_DAMAGE, FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, all_finite,
                             cache_mismatch, count_nonfinite, dataset_name, error_line, shard_videos, shards_dir)
 from redvillm.errors import UserError
 from redvillm.extract.repair import set_aside_damaged
@@ -92,8 +92,8 @@ class CacheStore:
             try:
                 with h5py.File(path, "r") as f:
                     theirs = CacheInfo.from_json(f.attrs["info"])
-            except (OSError, KeyError, TypeError, ValueError) as err:
-                if isinstance(err, OSError) and path == self.index_path and self._ours(path):
+            except HDF5_DAMAGE as err:
+                if path == self.index_path and self._ours(path):
                     notes.append(f"{path}: unreadable index ({error_line(err)}); rebuilt from the shards at the end")
                     continue
                 raise UserError(f"{path}: exists but is not a readable redvillm cache; "
@@ -120,7 +120,7 @@ class CacheStore:
             try:
                 with h5py.File(path, "r") as f:
                     done.update(shard_videos(f))
-            except (OSError, KeyError):  # damaged since rank 0 looked: extracted again
+            except HDF5_DAMAGE:  # damaged since rank 0 looked: extracted again
                 continue
         return done
 

@@ -62,6 +62,12 @@ CHECKSUM = "fletcher32"  # value of the `checksum` attribute of shards and index
 ESCAPED_NAMES = "escaped"  # value of the `dataset_names` attribute (see the module docstring)
 
 
+# What h5py raises on a damaged file: OSError for I/O errors and failed checksums, RuntimeError
+# for damaged B-trees and symbol tables ("bad symbol table node signature"), KeyError, ValueError
+# and TypeError for structure that is missing or garbled. Every reader of shards catches all of them.
+HDF5_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
 class BadTokens(UserError):
     """One video's tokens cannot be trusted: unreadable (checksum, I/O) or not finite.
 
@@ -191,7 +197,7 @@ class TokenCache(Mapping):
                 names = [_text(s) for s in f["video_names"][()]] if "video_names" in f else keys
                 shard_of = f["video_shard"][()]
                 escaped = f.attrs.get("dataset_names") == ESCAPED_NAMES
-        except OSError as err:
+        except HDF5_DAMAGE as err:
             raise UserError(f"{path}: not a readable HDF5 cache index ({err}); rerun redvillm-extract") from None
         self.shard_paths = [shards_dir(path) / name for name in shard_names]
         ids = [video_id_of(key) for key in keys] if escaped else keys
@@ -219,7 +225,7 @@ class TokenCache(Mapping):
         dataset = self._dataset(video_id)
         try:
             return dataset[()]
-        except OSError as err:  # fletcher32 mismatch, a torn block, an I/O error
+        except HDF5_DAMAGE as err:  # fletcher32 mismatch, a torn block, an I/O error, a damaged B-tree
             raise BadTokens(video_id, self.shard_path(video_id), f"unreadable tokens ({error_line(err)})") from None
 
     def stored_name(self, video_id: str) -> str:
@@ -262,7 +268,7 @@ class TokenCache(Mapping):
             raise KeyError(f"{video_id!r} is not in {self.path}") from None
         try:
             return self._file(shard, video_id)["videos"][self._name_of[video_id]]
-        except (OSError, KeyError) as err:  # a damaged group or a shard that lost the video
+        except HDF5_DAMAGE as err:  # a damaged group or a shard that lost the video
             raise BadTokens(video_id, self.shard_paths[shard], f"cannot find its tokens ({error_line(err)})") from None
 
     def _file(self, shard: int, video_id: str) -> h5py.File:
@@ -275,7 +281,7 @@ class TokenCache(Mapping):
         path = self.shard_paths[shard]
         try:
             handle = h5py.File(path, "r")
-        except OSError as err:
+        except HDF5_DAMAGE as err:
             raise BadTokens(video_id, path, f"cannot open its shard ({error_line(err)})") from None
         self._files[shard] = handle
         if len(self._files) > self._max_open:

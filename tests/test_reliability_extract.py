@@ -393,3 +393,22 @@ def test_a_reader_meeting_a_damaged_shard_names_the_video_and_shard(cache_copy):
         f.write(b"\0" * 8)  # the HDF5 signature
     with pytest.raises(BadTokens, match=rf"{shard}: video '{VIDEO}': cannot open its shard .*--verify to repair"):
         open_cache(cache_copy)[VIDEO]
+
+
+def test_a_rerun_sets_aside_a_shard_whose_group_index_is_damaged(cache_copy, synthetic_videos, tiny_llava):
+    """Damage to HDF5's own index of a shard's videos (a symbol-table node) makes h5py raise
+    RuntimeError, not OSError: the repair scan must treat it as damage like any other."""
+    cache = open_cache(cache_copy)
+    shard, clean = cache.shard_path(VIDEO), cache[VIDEO]
+    cache.close()
+    data = bytearray(shard.read_bytes())
+    at = data.find(b"SNOD")
+    assert at > 0, "the shard has no symbol-table node to damage"
+    data[at:at + 4] = b"XXXX"
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BadTokens, match=rf"{shard}: video '{VIDEO}': "):
+        open_cache(cache_copy)[VIDEO]
+    repaired = extract(synthetic_videos, cache_copy, tiny_llava)
+    assert repaired.notes[0].startswith(f"{shard}: unreadable shard (")
+    assert repaired.extracted == 8
+    np.testing.assert_array_equal(open_cache(cache_copy)[VIDEO], clean)

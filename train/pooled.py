@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import torch
 
-from redvillm.cache import BadTokens, TokenCache, count_nonfinite, shards_dir
+from redvillm.cache import HDF5_DAMAGE, BadTokens, TokenCache, count_nonfinite, shards_dir
 from redvillm.errors import UserError
 from redvillm.train.checkpoint import disk_full
 
@@ -96,7 +96,7 @@ class PooledStore:
             with h5py.File(path, "r") as f:
                 return (int(f.attrs["source_size"]), int(f.attrs["source_mtime_ns"]), f.attrs["family"],
                         int(f.attrs["format_version"])) == (stat.st_size, stat.st_mtime_ns, self.family, FORMAT_VERSION)
-        except (OSError, KeyError):
+        except HDF5_DAMAGE:
             return False
 
     def _pool_shard(self, shard: Path, video_ids: list[str]) -> None:
