@@ -46,8 +46,8 @@ def read_prediction_file(path: str | Path) -> PredictionFile:
         raise UserError(f"{path}: no such predictions file; run `redvillm-eval predict` first")
     if path.read_bytes().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
         # a list someone else's inference wrote: a file given to us, read by the user-file rules
-        raw = [row for _, row in read_rows(path, "predictions", LIST_HINT, ()).rows]
-        kind = "json list"
+        listed = read_rows(path, "predictions", LIST_HINT, ())
+        raw, kind = [row for _, row in listed.rows], listed.form
     else:  # our own journal: a line torn by a kill is skipped
         raw, kind = read_journal(path), "jsonl"
     out = PredictionFile([], kind)
