@@ -1,7 +1,8 @@
 """Evaluation questions of every public format read into one row type, `Question`.
 
-Accepted forms, detected from the content of the first row (JSON list, JSONL with one object
-per line, or an object holding the list under one key; the extension is not trusted):
+Accepted forms, detected from the content of the first row. The file itself may be a JSON list,
+JSONL with one object per line, an object holding the list under one key, or one row object
+(the extension is not trusted; BOMs, blank lines and where a row is named: `redvillm.rows`):
 
     question/answer pair    ActivityNet-QA (and the MSVD/MSRVTT copies made the same way):
                             test_q.json rows {"video_name", "question_id", "question"} and
@@ -51,10 +52,10 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable, Container
-from typing import Any
 
-from redvillm.data.annotations import ID_EXTENSIONS, first_line_is_object, keys_of, kind_of, one_line, strip_extension
+from redvillm.data.annotations import ID_EXTENSIONS, strip_extension
 from redvillm.errors import UserError
+from redvillm.rows import RowError, Rows, keys_of, kind_of, one_line, read_rows
 
 TASKS = ("qa", "generic", "temporal", "consistency")
 ACTIVITYNET_TYPES = ("motion", "spatial", "temporal", "yes_no", "color", "object", "location", "number", "other")
@@ -68,7 +69,8 @@ PAIR_KEYS = {"q1": ("Q1", "q1"), "q2": ("Q2", "q2")}
 # TGIF copies name the .gif itself; stage one needs it converted, keeping the stem.
 NAME_EXTENSIONS = frozenset(ID_EXTENSIONS | {".gif"})
 _ANY_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
-_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's
+ROW_KEYS = (*VIDEO_KEYS, *QUESTION_KEYS, *ANSWER_KEYS, *QID_KEYS, *(k for keys in PAIR_KEYS.values() for k in keys))
+ANSWER_ROW_HINT = "answer rows are {answer, type, question_id}"
 FORM_HINT = ("give a JSON list (or JSONL) of {video_name, question, answer} rows, ActivityNet-QA's "
              "test_q.json, or Video-ChatGPT's {video_name, Q, A} / {video_name, Q1, Q2, A} rows")
 
@@ -97,10 +99,6 @@ class QuestionSet:
         return sorted({q.video_id for q in self.missing_video})
 
 
-class _RowError(Exception):
-    """What is wrong with one row; the reader adds the file and where."""
-
-
 def read_questions(path: str | Path, answers_path: str | Path | None = None,
                    video_ids: Container[str] | None = None, task: str | None = None) -> QuestionSet:
     """Read evaluation questions of any accepted form; see the module docstring.
@@ -110,22 +108,22 @@ def read_questions(path: str | Path, answers_path: str | Path | None = None,
     path = Path(path)
     if task is not None and task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    rows, locate = _load_rows(path, "questions")
-    first = rows[0][1]
-    consistency = isinstance(first, dict) and any(k in first for keys in PAIR_KEYS.values() for k in keys)
+    rows = read_rows(path, "questions", FORM_HINT, ROW_KEYS)
+    first = rows.rows[0][1]
+    consistency = any(k in first for keys in PAIR_KEYS.values() for k in keys)
     if consistency:
         if task not in (None, "consistency"):
             raise UserError(f"{path}: rows hold Q1/Q2 pairs (consistency questions), not task {task!r}; "
                             "drop the task or pass a {video_name, Q, A} file")
         if answers_path is not None:
             raise UserError(f"{path}: consistency rows carry their answer \"A\"; drop the answers file")
-        questions, unmatched, used = _each_row(path, rows, locate, _consistency_row), [], None
+        questions, unmatched, used = rows.collect(_consistency_row), [], None
     else:
         if task == "consistency":
             raise UserError(f"{path}: task consistency needs rows with Q1 and Q2; this file's first row has: "
-                            f"{keys_of(first) if isinstance(first, dict) else kind_of(first)}")
-        questions, unmatched, used = _read_qa(path, rows, locate, answers_path, task or _auto_task(path, first))
-    _check_unique(path, questions, locate)
+                            f"{keys_of(first)}")
+        questions, unmatched, used = _read_qa(rows, answers_path, task or _auto_task(path, first))
+    _check_unique(rows, questions)
     if video_ids is None:
         return QuestionSet(questions, [], unmatched, used)
     return _split_by_video(questions, unmatched, used, video_ids)
@@ -147,27 +145,27 @@ def resolve_video_id(name: str, known: Container[str]) -> str | None:
 
 # --- forms -----------------------------------------------------------------------------------
 
-def _auto_task(path: Path, first: Any) -> str:
-    if isinstance(first, dict) and "Q" in first and not any(k in first for k in ("question", "q")):
+def _auto_task(path: Path, first: dict) -> str:
+    if "Q" in first and not any(k in first for k in ("question", "q")):
         return "temporal" if "temporal" in path.name.lower() else "generic"
     return "qa"
 
 
-def _read_qa(path: Path, rows, locate, answers_path, task) -> tuple[list[Question], list[str], Path | None]:
-    first = rows[0][1]
-    if isinstance(first, dict) and not _present(first, QUESTION_KEYS) and _present(first, ANSWER_KEYS):
+def _read_qa(rows: Rows, answers_path, task) -> tuple[list[Question], list[str], Path | None]:
+    path, first = rows.path, rows.rows[0][1]
+    if not _present(first, QUESTION_KEYS) and _present(first, ANSWER_KEYS):
         raise UserError(f"{path}: looks like an answers file (rows have {keys_of(first)}, no question); pass the "
                         "questions file and give this one as the answers file")
-    with_answers = isinstance(first, dict) and _present(first, ANSWER_KEYS) is not None
+    with_answers = _present(first, ANSWER_KEYS) is not None
     if with_answers and answers_path is not None:
         raise UserError(f"{path}: rows already carry answers; drop the answers file {answers_path}")
     if not with_answers:
         answers_path = Path(answers_path) if answers_path is not None else _sibling_answers(path)
     joining = answers_path is not None
-    questions = _each_row(path, rows, locate, lambda obj, row: _qa_row(obj, row, task, with_answers, joining))
+    questions = rows.collect(lambda obj, row: _qa_row(obj, row, task, with_answers, joining))
     if not joining:
         return questions, [], None
-    joined, unmatched = _join(path, questions, answers_path, locate)
+    joined, unmatched = _join(rows, questions, answers_path)
     return joined, unmatched, answers_path
 
 
@@ -175,7 +173,7 @@ def _qa_row(obj: dict, row: int, task: str, with_answers: bool, joining: bool) -
     video = _video_name(obj)
     question = _text(obj, QUESTION_KEYS, "question", numbers=False, raw=True)
     if not with_answers and _present(obj, ANSWER_KEYS):
-        raise _RowError(f'has "{_present(obj, ANSWER_KEYS)}" but the first row has no answer; either every '
+        raise RowError(f'has "{_present(obj, ANSWER_KEYS)}" but the first row has no answer; either every '
                         "row carries its answer or none does (then they come from an answers file)")
     answer = _text(obj, ANSWER_KEYS, "answer", raw=True) if with_answers else None
     qid = _text(obj, QID_KEYS, "question id (the key to the answers file)" if joining else "question id",
@@ -206,12 +204,12 @@ def _sibling_answers(path: Path) -> Path | None:
     return None
 
 
-def _join(path: Path, questions: list[Question], answers_path: Path, locate) -> tuple[list[Question], list[str]]:
-    answers, where = _read_answers(answers_path)
+def _join(rows: Rows, questions: list[Question], answers_path: Path) -> tuple[list[Question], list[str]]:
+    path, answers, where = rows.path, *_read_answers(answers_path)
     joined, unmatched, used = [], [], set()
     for q in questions:
         if q.question_id not in answers:
-            unmatched.append(one_line(f"{path}: {locate(q.row)}: question_id {q.question_id} has no answer in "
+            unmatched.append(one_line(f"{path}: {rows.where(q.row)}: question_id {q.question_id} has no answer in "
                                        f"{answers_path.name}; skipped"))
             continue
         answer, qtype, _ = answers[q.question_id]
@@ -227,24 +225,22 @@ def _join(path: Path, questions: list[Question], answers_path: Path, locate) -> 
     return joined, unmatched
 
 
-def _read_answers(path: Path) -> tuple[dict[str, tuple[str, str | None, int]], Locate]:
-    """question_id -> (answer, type name, row) of an ActivityNet-style answers file, and its locator."""
-    rows, locate = _load_rows(path, "answers")
+def _read_answers(path: Path) -> tuple[dict[str, tuple[str, str | None, int]], Callable[[int], str]]:
+    """question_id -> (answer, type name, row) of an ActivityNet-style answers file, and how to name a row."""
+    rows = read_rows(path, "answers", FORM_HINT, QID_KEYS + ANSWER_KEYS, ANSWER_ROW_HINT)
     answers: dict[str, tuple[str, str | None, int]] = {}
-    for row, obj in rows:
+    for row, obj in rows.rows:
         try:
-            if not isinstance(obj, dict):
-                raise _RowError(f"expected an object, got {kind_of(obj)}; answer rows are {{answer, type, question_id}}")
             qid = _text(obj, QID_KEYS, "question id")
             answer = _text(obj, ANSWER_KEYS, "answer", raw=True)
             qtype = _activitynet_type(obj)
-        except _RowError as err:
-            raise UserError(one_line(f"{path}: {locate(row)}: {err}")) from None
+        except RowError as err:
+            raise rows.error(row, err) from None
         if qid in answers:
-            raise UserError(one_line(f"{path}: {locate(row)}: question_id {qid} repeats {locate(answers[qid][2])}; "
-                                      "each question needs one answer row"))
+            raise rows.error(row, f"question_id {qid} repeats {rows.where(answers[qid][2])}; "
+                                  "each question needs one answer row")
         answers[qid] = (answer, qtype, row)
-    return answers, locate
+    return answers, rows.where
 
 
 def _activitynet_type(obj: dict) -> str | None:
@@ -257,7 +253,7 @@ def _activitynet_type(obj: dict) -> str | None:
         code = int(code)
     if isinstance(code, int) and not isinstance(code, bool) and 0 <= code < len(ACTIVITYNET_TYPES):
         return ACTIVITYNET_TYPES[code]
-    raise _RowError(f'"type" is {json.dumps(code, ensure_ascii=False)}; ActivityNet-QA codes are 0-8 '
+    raise RowError(f'"type" is {json.dumps(code, ensure_ascii=False)}; ActivityNet-QA codes are 0-8 '
                     f"({', '.join(f'{i} {n}' for i, n in enumerate(ACTIVITYNET_TYPES))})")
 
 
@@ -275,14 +271,14 @@ def _text(obj: dict, keys, what: str, required: bool = True, numbers: bool = Tru
         if not required:
             return None
         names = ", ".join(f'"{k}"' for k in keys)
-        raise _RowError(f"missing {what} (one of {names}); this row has: {keys_of(obj)}")
+        raise RowError(f"missing {what} (one of {names}); this row has: {keys_of(obj)}")
     value = obj[key]
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise _RowError(f'"{key}" ({what}) must be {"text or a number" if numbers else "text"}, got {kind_of(value)}')
+        raise RowError(f'"{key}" ({what}) must be {"text or a number" if numbers else "text"}, got {kind_of(value)}')
     if not value.strip():
-        raise _RowError(f'empty "{key}" ({what})')
+        raise RowError(f'empty "{key}" ({what})')
     return value if raw else value.strip()
 
 
@@ -293,7 +289,7 @@ def _video_name(obj: dict) -> str:
     key = _present(obj, VIDEO_KEYS)
     video = _ANY_EXTENSION.sub("", name) if key == "video" else strip_extension(name, NAME_EXTENSIONS)
     if not video:
-        raise _RowError(f'"{key}" is only a file extension; give the video file name')
+        raise RowError(f'"{key}" is only a file extension; give the video file name')
     return video
 
 
@@ -309,27 +305,12 @@ def _candidates(name: str) -> list[str]:
 
 # --- rows of a file --------------------------------------------------------------------------
 
-Locate = Callable[[int], str]
-
-
-def _each_row(path: Path, rows, locate: Locate, parse: Callable[[dict, int], list[Question]]) -> list[Question]:
-    questions: list[Question] = []
-    for row, obj in rows:
-        try:
-            if not isinstance(obj, dict):
-                raise _RowError(f"expected an object, got {kind_of(obj)}")
-            questions.extend(parse(obj, row))
-        except _RowError as err:
-            raise UserError(one_line(f"{path}: {locate(row)}: {err}")) from None
-    return questions
-
-
-def _check_unique(path: Path, questions: list[Question], locate: Locate) -> None:
+def _check_unique(rows: Rows, questions: list[Question]) -> None:
     seen: dict[str, int] = {}
     for q in questions:
         if q.question_id in seen:
-            raise UserError(one_line(f"{path}: {locate(q.row)}: question id {q.question_id} repeats "
-                                      f"{locate(seen[q.question_id])}; question ids must be unique"))
+            raise rows.error(q.row, f"question id {q.question_id} repeats {rows.where(seen[q.question_id])}; "
+                                    "question ids must be unique")
         seen[q.question_id] = q.row
 
 
@@ -345,79 +326,3 @@ def _split_by_video(questions, unmatched, answers_path, video_ids: Container[str
         else:
             kept.append(q if video_id == q.video_id else replace(q, video_id=video_id))
     return QuestionSet(kept, missing, unmatched, answers_path)
-
-
-def _load_rows(path: Path, what: str) -> tuple[list[tuple[int, Any]], Locate]:
-    text = _read_text(path, what)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        if first_line_is_object(text):
-            return _jsonl_rows(path, text)
-        raise UserError(one_line(f"{path}: line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
-                                  f"{FORM_HINT}")) from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))
-        locate: Locate = lambda row: f"row {row}"  # noqa: E731
-    elif isinstance(data, list):
-        locate = _list_locator(text)
-    elif isinstance(data, dict):
-        return [(0, data)], lambda row: "row 0 (the only object)"
-    else:
-        raise UserError(f"{path}: the top level is {kind_of(data)}, not a list of rows; {FORM_HINT}")
-    if not data:
-        raise UserError(f"{path}: no {what} in this file (an empty list); {FORM_HINT}")
-    return list(enumerate(data)), locate
-
-
-def _list_locator(text: str) -> Locate:
-    """Names row i of a top-level JSON list with its line; the lines are found once, on first use."""
-    lines: list[int] = []
-
-    def locate(row: int) -> str:
-        if not lines:
-            lines.extend(_row_lines(text))
-        return f"row {row} (line {lines[row]})"
-    return locate
-
-
-def _row_lines(text: str) -> list[int]:
-    """Start line of every element of the (already parsed) top-level list, in one pass."""
-    decoder, lines, line, seen = json.JSONDecoder(), [], 1, 0
-    pos = _WHITESPACE.match(text, _WHITESPACE.match(text).end() + 1).end()  # past "["
-    while pos < len(text) and text[pos] != "]":
-        line, seen = line + text.count("\n", seen, pos), pos
-        lines.append(line)
-        _, pos = decoder.raw_decode(text, pos)
-        pos = _WHITESPACE.match(text, pos).end()
-        if text[pos] == ",":
-            pos = _WHITESPACE.match(text, pos + 1).end()
-    return lines
-
-
-def _jsonl_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], Locate]:
-    rows = []
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 is legal in JSON
-        if line.strip():
-            try:
-                rows.append((number - 1, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise UserError(one_line(f"{path}: line {number}: not valid JSON ({err.msg}, column "
-                                          f"{err.colno}); JSONL needs one complete object per line")) from None
-    return rows, lambda row: f"line {row + 1}"
-
-
-def _read_text(path: Path, what: str) -> str:
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder; pass the {what} file (.json or .jsonl)")
-    if not path.exists():
-        raise UserError(f"{path}: no such file; pass the {what} file (.json or .jsonl)")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    if not text.strip():
-        raise UserError(f"{path}: the file is empty; {FORM_HINT}")
-    return text

@@ -172,7 +172,8 @@ def test_missing_file_and_folder(tmp_path):
 
 
 @pytest.mark.parametrize("content, match", [
-    ("", "empty"), ("  \n\n ", "empty"), ("[]", "no instructions"), ('{"data": []}', "no instructions"),
+    ("", "empty"), ("  \n\n ", "empty"), ("[]", r"no training instructions in this file \(an empty list\)"),
+    ('{"data": []}', "no training instructions"),
     ("video_id,q,a\nv,Q?,A.\n", r"line 1: not valid JSON"),
     ('"just a string"', "top level is a string"), ("42", "top level is a number"),
     ('{"version": 1, "rows": []}', "top level is an object with keys rows, version"),
@@ -259,9 +260,10 @@ def test_bad_conversation_in_jsonl_names_the_line(tmp_path, bad_row, match):
     assert re.search(match, message)
 
 
-def test_bad_row_in_wrapped_list_names_the_row(tmp_path):
-    path = write_json(tmp_path / "wrapped.json", {"data": [QA[0], ok(a="")]})
-    with pytest.raises(UserError, match=r'wrapped\.json: row 1: empty "a"'):
+def test_bad_row_in_wrapped_list_names_row_and_line(tmp_path):
+    path = write_json(tmp_path / "wrapped.json", {"data": [QA[0], ok(a="")]}, indent=2)
+    line = len(json.dumps({"data": [QA[0]]}, indent=2).splitlines()) - 1  # the bad row starts where "]" was
+    with pytest.raises(UserError, match=rf'wrapped\.json: row 1 \(line {line}\): empty "a"'):
         read_instructions(path)
 
 

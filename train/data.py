@@ -11,9 +11,10 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from redvillm.batching import VideoSample, collate, fit_to_context
 from redvillm.cache import BadTokens, TokenCache
-from redvillm.data.annotations import Instruction, first_line_is_object
+from redvillm.data.annotations import Instruction
 from redvillm.errors import UserError
 from redvillm.families.chat import ChatFormat
+from redvillm.rows import first_line_is_object
 from redvillm.train.pooled import PooledStore
 from redvillm.video_llm import VideoBatch
 

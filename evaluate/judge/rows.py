@@ -1,7 +1,8 @@
 """Prediction files in and out: ours (``redvillm-eval predict``) and Video-ChatGPT's.
 
-Read (``read_prediction_file``): a JSONL file (one object per line; a line torn by a kill is
-skipped) or a JSON list, as Video-ChatGPT's inference writes it. Field names:
+Read (``read_prediction_file``): a JSONL file (a journal: one object per line; a line torn by a
+kill is skipped) or a JSON list, as Video-ChatGPT's inference writes it (a file given to us: read
+by ``redvillm.rows``, so a damaged or non-object row is an error naming its line). Field names:
     ours   question_id, video_id, task, qtype, pair (q1/q2 for consistency), question, answer, pred
     peer   video_name, Q, A, pred (QA and criteria ci/do/cu/tu);
            video_name, Q1, Q2, A, pred1, pred2 (consistency, one row per pair); question_id optional
@@ -24,6 +25,9 @@ from pathlib import Path
 from redvillm.errors import UserError
 from redvillm.evaluate.judge.protocols import first
 from redvillm.journal import read_journal
+from redvillm.rows import read_rows
+
+LIST_HINT = "give a JSON list of prediction objects, or redvillm's predictions JSONL"
 
 
 @dataclass
@@ -40,17 +44,12 @@ def read_prediction_file(path: str | Path) -> PredictionFile:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such predictions file; run `redvillm-eval predict` first")
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            raw, kind = json.loads(text), "json list"
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not a JSON list (line {err.lineno}: {err.msg})") from None
-    else:
+    if path.read_bytes().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
+        # a list someone else's inference wrote: a file given to us, read by the user-file rules
+        listed = read_rows(path, "predictions", LIST_HINT, ())
+        raw, kind = [row for _, row in listed.rows], listed.form
+    else:  # our own journal: a line torn by a kill is skipped
         raw, kind = read_journal(path), "jsonl"
-    for index, row in enumerate(raw):
-        if not isinstance(row, dict):
-            raise UserError(f"{path}: row {index} is a {type(row).__name__}, expected an object")
     out = PredictionFile([], kind)
     by_id: dict[str, int] = {}
     for index, row in enumerate(raw):
