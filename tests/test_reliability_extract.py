@@ -401,14 +401,28 @@ def test_a_rerun_sets_aside_a_shard_whose_group_index_is_damaged(cache_copy, syn
     cache = open_cache(cache_copy)
     shard, clean = cache.shard_path(VIDEO), cache[VIDEO]
     cache.close()
-    data = bytearray(shard.read_bytes())
-    at = data.find(b"SNOD")
-    assert at > 0, "the shard has no symbol-table node to damage"
-    data[at:at + 4] = b"XXXX"
-    shard.write_bytes(bytes(data))
+    damage_group_index(shard)
     with pytest.raises(BadTokens, match=rf"{shard}: video '{VIDEO}': "):
         open_cache(cache_copy)[VIDEO]
     repaired = extract(synthetic_videos, cache_copy, tiny_llava)
     assert repaired.notes[0].startswith(f"{shard}: unreadable shard (")
     assert repaired.extracted == 8
     np.testing.assert_array_equal(open_cache(cache_copy)[VIDEO], clean)
+
+
+def damage_group_index(shard):
+    """Overwrite the signature of the first symbol-table node whose damage makes listing the
+    shard's videos raise RuntimeError (the root group's own node gives KeyError instead)."""
+    data = shard.read_bytes()
+    at = data.find(b"SNOD")
+    while at >= 0:
+        shard.write_bytes(data[:at] + b"XXXX" + data[at + 4:])
+        try:
+            with h5py.File(shard, "r") as f:
+                list(f["videos"].keys())
+        except RuntimeError:
+            return
+        except Exception:
+            pass
+        at = data.find(b"SNOD", at + 4)
+    raise AssertionError("no symbol-table node of the shard's video group was found to damage")
