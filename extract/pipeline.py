@@ -217,4 +217,4 @@ def _cache_info(cfg: ExtractConfig, family, encoder, preprocess, dtype: torch.dt
     )
 
 
-__all__ = ["run_extract", "encode_frames", "ExtractSummary", "ExtractProgress", "Video"]
+__all__ = ["run_extract", "encode_frames", "ExtractSummary", "ExtractProgress"]

@@ -215,7 +215,6 @@ class ShardWriter:
         self.seq = next_seq
         self._file: h5py.File | None = None
         self._bytes = 0
-        self.finished: list[Path] = []
 
     def add(self, video_id: str, tokens: np.ndarray, attrs: dict) -> Path | None:
         """Store (T, N, D) tokens; returns the shard path if this completed a shard.
@@ -250,7 +249,6 @@ class ShardWriter:
         os.replace(tmp, final)
         self._file, self._bytes = None, 0
         self.seq += 1
-        self.finished.append(final)
         return final
 
     def abandon(self) -> None:

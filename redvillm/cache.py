@@ -208,10 +208,6 @@ class TokenCache(Mapping):
         self._max_open = max_open_files
         self._pid = os.getpid()
 
-    @property
-    def cache_info(self) -> CacheInfo:
-        return CacheInfo.from_json(json.dumps(self.info))
-
     def __getitem__(self, video_id: str) -> np.ndarray:
         """(T, N, D) float16 tokens; ``BadTokens`` if they fail their checksum, the read, or are not finite."""
         tokens = self.read_unchecked(video_id)

@@ -21,6 +21,7 @@ import redvillm
 from redvillm.cache import cache_mismatch, frame_differences, model_identity
 from redvillm.errors import UserError
 from redvillm.families.registry import load_family
+from redvillm.pooling import canonical_pooling
 from redvillm.video_llm import VideoAdapter, VideoLLM
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -113,7 +114,9 @@ def read_model_config(run_dir: Path) -> VideoModelConfig:
         raise UserError(f"{run_dir}: not a redvillm-train output (needs {CONFIG_FILE} and {ADAPTER_FILE})")
     data = json.loads(path.read_text(encoding="utf-8"))
     known = VideoModelConfig.__dataclass_fields__
-    return VideoModelConfig(**{k: v for k, v in data.items() if k in known})
+    config = VideoModelConfig(**{k: v for k, v in data.items() if k in known})
+    config.pooling = canonical_pooling(config.pooling)  # runs of earlier versions recorded an alias
+    return config
 
 
 def run_identity(run_dir: str | os.PathLike) -> dict:

@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from redvillm.families.chat import ChatFormat
+from redvillm.pooling import Pooling, canonical_pooling, uses_spatial, uses_temporal
 
-Pooling = Literal["both", "temporal", "spatial"]
 TemporalModule = Literal["copy", "none", "copy+mlp", "random"]
-POOLINGS: tuple[str, ...] = ("both", "temporal", "spatial")
 TEMPORAL_MODULES: tuple[str, ...] = ("copy", "none", "copy+mlp", "random")
 
 
@@ -30,13 +29,16 @@ class VideoLayout:
     pooling: str
     suffix_tokens: int = 0  # the backbone's own fixed vectors after the video tokens (LLaVA-OneVision's newline)
 
+    def __post_init__(self):
+        object.__setattr__(self, "pooling", canonical_pooling(self.pooling))
+
     @property
     def uses_temporal(self) -> bool:
-        return self.pooling in ("both", "spatial")
+        return uses_temporal(self.pooling)
 
     @property
     def uses_spatial(self) -> bool:
-        return self.pooling in ("both", "temporal")
+        return uses_spatial(self.pooling)
 
     def num_video_tokens(self, num_frames: int, num_patches: int) -> int:
         """V: the placeholders one sample needs."""
@@ -46,8 +48,9 @@ class VideoLayout:
 class VideoAdapter(nn.Module):
     """The trainable part: g_z (the image LLM's projector) and g_t (the temporal module).
 
-    pooling "both" makes [g_t(temporal), g_z(spatial)]; "temporal" (mean over time) keeps the
-    spatial tokens only; "spatial" (mean over patches) keeps the temporal tokens only.
+    pooling "both" makes [g_t(temporal), g_z(spatial)]; "time-averaged" (alias "temporal", the
+    mean over time) keeps the spatial tokens only; "frame-averaged" (alias "spatial", the mean
+    over patches) keeps the temporal tokens only.
     temporal_module "copy": g_t starts as a copy of the pretrained projector (the paper);
     "none": one projector for both token sets (Video-ChatGPT's baseline); "copy+mlp": the copy
     followed by a randomly initialised MLP; "random": the projector's architecture, random init.
@@ -59,14 +62,13 @@ class VideoAdapter(nn.Module):
                  suffix: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("suffix", None if suffix is None else suffix.detach().float().clone(), persistent=False)
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        pooling = canonical_pooling(pooling)
         if temporal_module not in TEMPORAL_MODULES:
             raise ValueError(f"temporal_module must be one of {TEMPORAL_MODULES}, got {temporal_module!r}")
         self.pooling, self.temporal_module = pooling, temporal_module
         self.spatial_proj = projector
         self.temporal_proj = None  # None: g_t is g_z itself, or temporal tokens are not used
-        if pooling != "temporal" and temporal_module != "none":
+        if uses_temporal(pooling) and temporal_module != "none":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # random layers are a function of the seed alone
                 self.temporal_proj = _temporal_module(projector, temporal_module)

@@ -15,6 +15,7 @@ from redvillm.data.tiny_image_llm import (
     shipped_image_llm,
     train_image_llm,
 )
+from redvillm.batching import collate
 from redvillm.families.registry import load_family
 from redvillm.train.miniature import MiniatureConfig, run_miniature
 
@@ -54,7 +55,7 @@ def test_shipped_image_llm_answers_image_questions_as_documented():
     assert measured["colour/en"] >= 0.95 and measured["colour/zh"] >= 0.9 and measured["count"] >= 0.85
 
 
-def test_miniature_runner_writes_tables(tmp_path):
+def test_miniature_runner_writes_tables(tmp_path, monkeypatch):
     cfg = MiniatureConfig(str(tmp_path / "mini"), seeds=(0,), tasks=("colour", "order"), train_videos=4,
                           test_videos=4, curve=(2,), num_frames=8, steps=2, batch_size=4,
                           configurations=("both, copy (RED-VILLM)", "temporal-only (time-averaged)"))
@@ -62,8 +63,43 @@ def test_miniature_runner_writes_tables(tmp_path):
     assert set(result.accuracy) == {"both, copy (RED-VILLM)", "temporal-only (time-averaged)"}
     assert set(result.accuracy["both, copy (RED-VILLM)"]) == {"colour", "order"}
     assert set(result.curve) == {"2", "4"}
+    # Twins have identical time-averaged tokens and the same question, so of each twin pair exactly
+    # one answer wins: exactly chance whatever the weights; any other value means a broken pairing.
+    assert result.accuracy["temporal-only (time-averaged)"]["order"] == [0.5]
     table = (tmp_path / "mini" / "results.md").read_text()
     assert "## Table 3: pooling" in table and "| temporal-only (time-averaged) |" in table
     saved = json.loads((tmp_path / "mini" / "results.json").read_text())
-    assert all(0.0 <= v <= 1.0 for per_task in saved["accuracy"].values() for vs in per_task.values() for v in vs)
+    assert saved["accuracy"] == json.loads(json.dumps(result.accuracy))
+    _forced_choice_picks_the_likelier_answer(tmp_path / "mini", monkeypatch)
     torch.manual_seed(0)  # leave global state as other tests expect
+
+
+def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
+    """An oracle scorer (log-probability 0 for a video's true answer, -10 for its twin's) must give
+    accuracy 1 on every task; a scorer that picked the less likely answer would give 0."""
+    import redvillm.train.miniature as miniature
+    from redvillm.cache import open_cache
+    from redvillm.video_llm import VideoLLM
+
+    run = next(p for p in (out / "runs").iterdir() if p.name.startswith("both-copy-n4"))
+    cache = open_cache(out / "test.h5")
+    family = load_family(str(shipped_image_llm()))
+    qa = {row["video_id"]: row for row in json.loads((out / "test" / "qa.json").read_text())}
+    truth = {family.pool(torch.from_numpy(cache[v]))[0].numpy().tobytes(): qa[v] for v in qa}  # temporal tokens
+    seen = []
+
+    def recording_collate(samples, *args, **kwargs):
+        seen[:] = samples
+        return collate(samples, *args, **kwargs)
+
+    def oracle(self, batch):
+        def score(sample):
+            row = truth[sample.temporal.numpy().tobytes()]
+            true_ids = self.chat.encode(row["q"], row["a"]).answer_ids
+            return 0.0 if sample.chat.answer_ids == true_ids else -10.0
+        return torch.tensor([score(sample) for sample in seen])
+
+    monkeypatch.setattr(miniature, "collate", recording_collate)
+    monkeypatch.setattr(VideoLLM, "answer_logprobs", oracle)
+    accuracy = miniature.forced_choice_by_task(run, out / "test.h5", out / "test")
+    assert accuracy == {"colour": 1.0, "order": 1.0}

@@ -114,18 +114,40 @@ def test_refuses_to_overwrite_a_run_without_resume(small_cache, qa_file, tiny_ll
 
 
 def test_chinese_instructions_end_to_end(small_cache, tiny_llava, tmp_path):
+    """Chinese text reaches the model and comes back intact: the prompt ids decode to the exact
+    question, the supervised ids to the exact answer, and a prediction row keeps the question
+    byte for byte (UTF-8, not escaped)."""
+    from redvillm.evaluate.predict import PredictConfig, read_predictions, run_predict
+
+    question, reply = "方块先出现的是什么颜色？", "红色的方块先出现。"
     cache = open_cache(small_cache)
-    rows = [{"video_id": v, "q": "方块先出现的是什么颜色？", "a": "红色的方块先出现。"} for v in cache]
+    rows = [{"video_id": v, "q": question, "a": reply} for v in cache]
     annotations = tmp_path / "zh.json"
     annotations.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     run_train(config(small_cache, annotations, tiny_llava, tmp_path / "run", max_steps=2))
     model = load_model(tmp_path / "run")
-    sample = VideoSample(model.chat.encode("方块先出现的是什么颜色？"), *_pooled(model, cache))
+    tokenizer = model.chat.tokenizer
+    encoded = model.chat.encode(question, reply)
+    prompt = tokenizer.decode(encoded.prompt_ids, skip_special_tokens=True)
+    assert question in prompt, prompt
+    assert tokenizer.decode(encoded.answer_ids, skip_special_tokens=True).strip() == reply
+    sample = VideoSample(model.chat.encode(question), *_pooled(model, cache))
     batch = collate([sample], model.adapter.layout, model.chat.placeholder_id, 0, padding_side="left",
                     with_labels=False)
-    answer = model.generate(batch, max_new_tokens=4)
-    assert isinstance(answer[0], str)
-    assert model.chat.tokenizer.decode(model.chat.encode("方块", "红色").answer_ids, skip_special_tokens=True) == " 红色"
+    assert tokenizer.decode(batch.input_ids[0], skip_special_tokens=True) == \
+        tokenizer.decode(model.chat.encode(question).prompt_ids, skip_special_tokens=True)
+
+    video = next(iter(cache))
+    questions = tmp_path / "zh_qa.json"
+    questions.write_text(json.dumps([{"video_name": video, "question": question, "answer": reply,
+                                      "question_id": "zh"}], ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "preds.jsonl"
+    run_predict(PredictConfig(str(tmp_path / "run"), str(small_cache), str(questions), str(out), batch_size=1,
+                              max_new_tokens=4, device="cpu"))
+    row = read_predictions(out)["zh"]
+    assert row["question"].encode("utf-8") == question.encode("utf-8") and row["answer"] == reply
+    assert question.encode("utf-8") in out.read_bytes()  # stored as UTF-8, not as \\u escapes
+    assert isinstance(row["pred"], str)
 
 
 def _pooled(model, cache):

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as serialize
 
 from redvillm.errors import UserError
+from redvillm.pooling import canonical_pooling
 
 
 @dataclass
@@ -172,7 +173,10 @@ def load(directory: Path, adapter, optimizer, scheduler, fingerprint: dict, devi
         raise UserError(f"{root / 'latest'}: names {path.name}, which is missing or incomplete (an older redvillm "
                         "was killed while saving); start the run again with --overwrite")
     state = json.loads((path / "trainer_state.json").read_text())
-    differs = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+    saved = dict(state["fingerprint"])
+    if "pooling" in saved:  # a run started under an alias (temporal, spatial) resumes under its canonical name
+        saved["pooling"] = canonical_pooling(saved["pooling"])
+    differs = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
     if differs:
         raise UserError(f"{path}: was made with other settings ({', '.join(differs)}); resume with the same "
                         "settings, or start a new --output")

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from redvillm.cli import config_from, friendly_errors, quiet_libraries
 from redvillm.extract.config import DEFAULT_MODEL
+from redvillm.pooling import POOLING_ALIASES, POOLINGS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -17,8 +18,10 @@ from redvillm.extract.config import DEFAULT_MODEL
 @click.option("--model", default=DEFAULT_MODEL, help="The image LLM the cache was extracted with.")
 @click.option("--revision", default=None, help="Hub revision of --model.")
 @click.option("--output", required=True, type=click.Path(), help="Run directory (adapter, config, log, checkpoints).")
-@click.option("--pooling", type=click.Choice(["both", "temporal", "spatial"]), default="both",
-              help="both; temporal = time-averaged spatial tokens only; spatial = frame-averaged temporal tokens only.")
+@click.option("--pooling", type=click.Choice([*POOLINGS, *POOLING_ALIASES]), default="both",
+              help="both = [temporal tokens, spatial tokens]; time-averaged = the spatial tokens (mean over frames) "
+                   "only; frame-averaged = the temporal tokens (mean over patches) only. The paper's names are "
+                   "kept as aliases: temporal = time-averaged, spatial = frame-averaged.")
 @click.option("--temporal-module", type=click.Choice(["copy", "none", "copy+mlp", "random"]), default="copy",
               help="copy of the pretrained projector; none = one projector for both (Video-ChatGPT); "
                    "copy+mlp = copy + random MLP; random = projector architecture, random init.")

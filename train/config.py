@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from redvillm.extract.config import DEFAULT_MODEL
-from redvillm.video_llm import POOLINGS, TEMPORAL_MODULES, Pooling, TemporalModule
+from redvillm.pooling import Pooling, canonical_pooling
+from redvillm.video_llm import TEMPORAL_MODULES, TemporalModule
 
 
 @dataclass
@@ -16,7 +17,7 @@ class TrainConfig:
     output: str  # run directory: adapter, config, log, checkpoints
     model: str = DEFAULT_MODEL  # the image LLM the cache was extracted with
     revision: str | None = None
-    pooling: Pooling = "both"  # both | temporal (time-averaged only) | spatial (frame-averaged only)
+    pooling: Pooling = "both"  # both | time-averaged (alias temporal) | frame-averaged (alias spatial)
     temporal_module: TemporalModule = "copy"  # copy | none | copy+mlp | random
     lr: float = 2e-5  # the paper's recipe: AdamW, lr 2e-5, global batch 32, 3 epochs
     epochs: int = 3
@@ -39,8 +40,7 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self):
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        self.pooling = canonical_pooling(self.pooling)  # runs record the canonical name
         if self.temporal_module not in TEMPORAL_MODULES:
             raise ValueError(f"temporal_module must be one of {', '.join(TEMPORAL_MODULES)}")
         for name in ("epochs", "batch_size", "grad_accum", "save_every", "log_every"):

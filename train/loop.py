@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -332,4 +332,4 @@ def _last(values):
     return values[-1] if values else None
 
 
-__all__ = ["run_train", "TrainPlan", "TrainProgress", "TrainSummary", "asdict"]
+__all__ = ["run_train", "TrainPlan", "TrainProgress", "TrainSummary"]

@@ -54,8 +54,8 @@ from redvillm.train.loop import run_train
 # name -> (pooling, temporal module); the rows of the paper's tables.
 CONFIGURATIONS = {
     "both, copy (RED-VILLM)": ("both", "copy"),
-    "temporal-only (time-averaged)": ("temporal", "copy"),
-    "spatial-only (frame-averaged)": ("spatial", "copy"),
+    "temporal-only (time-averaged)": ("time-averaged", "copy"),
+    "spatial-only (frame-averaged)": ("frame-averaged", "copy"),
     "both, none (Video-ChatGPT)": ("both", "none"),
     "both, copy + MLP": ("both", "copy+mlp"),
     "both, random init": ("both", "random"),

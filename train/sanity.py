@@ -2,9 +2,9 @@
 
     python -m redvillm.train.sanity OUT_DIR [--task order] [--seeds 0,1,2] [--steps 2000]
 
-Order-of-events questions cannot be answered from time-averaged tokens (pooling "temporal"):
+Order-of-events questions cannot be answered from time-averaged tokens (pooling "time-averaged"):
 the synthetic videos' twins make every bag-of-frames feature identical across opposite labels.
-So training with pooling "both" must learn them while "temporal" stays at chance.
+So training with pooling "both" must learn them while "time-averaged" stays at chance.
 
 Accuracy is a two-way forced choice on held-out videos: the model scores its own answer
 sentence and its twin's (the opposite label, same question) and picks the likelier one; chance
@@ -30,6 +30,7 @@ from redvillm.extract.pipeline import run_extract
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
 from redvillm.train.miniature import forced_choice_by_task
+from redvillm.pooling import canonical_pooling
 
 
 @dataclass
@@ -37,7 +38,7 @@ class SanityConfig:
     out_dir: str
     task: str = "order"  # order | direction | color_change | count
     seeds: tuple[int, ...] = (0, 1, 2)
-    poolings: tuple[str, ...] = ("both", "temporal")
+    poolings: tuple[str, ...] = ("both", "time-averaged")  # aliases (temporal, spatial) are accepted
     train_videos: int = 400
     test_videos: int = 100
     num_frames: int = 16  # T
@@ -46,6 +47,9 @@ class SanityConfig:
     lr: float = 1e-2  # a random frozen LLM needs a large step; the paper's 2e-5 is for a real LLaVA
     max_grad_norm: float = 0.0  # no clipping: measured to slow the random substrate down
     answer_form: str = "word"  # "word": answer with the label word alone; "sentence": the generator's sentence
+
+    def __post_init__(self):
+        self.poolings = tuple(canonical_pooling(p) for p in self.poolings)  # results are keyed by canonical names
 
 
 @dataclass
