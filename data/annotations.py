@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +63,6 @@ def read_instructions(path: str | Path) -> list[Instruction]:
     """Read training instructions in any of the accepted forms; UTF-8."""
     rows = read_rows(path, "training instructions", FORM_HINT, ROW_KEYS, ROW_HINT)
     return rows.collect(_parse_row)
-
-
-def summarize(instructions: Iterable[Instruction]) -> dict:
-    """Counts for a log line or a results file: {"instructions": n, "videos": distinct ids}."""
-    instructions = list(instructions)
-    return {"instructions": len(instructions), "videos": len({i.video_id for i in instructions})}
 
 
 # --- one row -> instructions ---------------------------------------------------------------

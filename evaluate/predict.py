@@ -33,7 +33,6 @@ from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
 from redvillm.batching import VideoSample, context_length, sequence_length
 from redvillm.cache import open_cache
-from redvillm.errors import UserError
 from redvillm.evaluate.provenance import check_resumable, predictions_fingerprint, start_over, started_by
 from redvillm.evaluate.questions import Question, read_questions
 from redvillm.families.registry import family_for_cache

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from redvillm.data.annotations import Instruction, read_instructions, summarize
+from redvillm.data.annotations import Instruction, read_instructions
 from redvillm.errors import UserError
 
 
@@ -140,12 +140,6 @@ def test_single_object_and_wrapped_list(tmp_path):
     assert read_instructions(write_json(tmp_path / "pretty.json", QA[0], indent=2)) == EXPECTED[:1]
     with pytest.raises(UserError, match=r'pretty\.json: row 0 \(the only object\): empty "a"'):
         read_instructions(write_json(tmp_path / "pretty.json", ok(a=""), indent=2))
-
-
-def test_summarize_counts_instructions_and_distinct_videos(tmp_path):
-    got = read_instructions(write_json(tmp_path / "qa.json", QA))
-    assert summarize(got) == {"instructions": 3, "videos": 2}
-    assert summarize([]) == {"instructions": 0, "videos": 0}
 
 
 # --- malformed input: one line naming the file, where, what and the fix ------------------

@@ -7,7 +7,6 @@ outside DDP; only the VideoAdapter's gradients are synchronised.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
