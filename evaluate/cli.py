@@ -6,7 +6,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from redvillm.cli import config_from, friendly_errors, quiet_libraries
+from redvillm.cli import config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.evaluate.config import JudgeConfig, PredictConfig
 
 SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -17,30 +18,13 @@ def main() -> None:
 
 
 @main.command(context_settings=SETTINGS)
-@click.option("--model-dir", required=True, type=click.Path(), help="A redvillm-train output directory.")
-@click.option("--cache", required=True, type=click.Path(), help="Token cache of the benchmark's videos.")
-@click.option("--questions", required=True, type=click.Path(), help="Questions file (any supported format).")
-@click.option("--answers", default=None, type=click.Path(), help="ActivityNet-QA answers file, if not beside.")
-@click.option("--task", type=click.Choice(["qa", "generic", "temporal", "consistency"]), default=None,
-              help="Override the task detected from the file.")
-@click.option("--output", required=True, type=click.Path(), help="Predictions JSONL (appended; reruns resume).")
-@click.option("--batch-size", default=8)
-@click.option("--max-new-tokens", default=64)
-@click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--temperature", default=1.0)
-@click.option("--top-p", default=1.0)
-@click.option("--seed", default=0)
-@click.option("--device", default="auto")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto")
-@click.option("--overwrite", is_flag=True, help="Start OUTPUT anew; without it only the run, cache, questions and "
-              "generation settings that started OUTPUT may resume it.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None)
+@options_from(PredictConfig)
 @click.pass_context
 @friendly_errors
 def predict(ctx: click.Context, config_file: str | None, **flags) -> None:
     """Answer every question from cached tokens into a predictions JSONL."""
     quiet_libraries()
-    from redvillm.evaluate.predict import PredictConfig, run_predict
+    from redvillm.evaluate.predict import run_predict
 
     cfg = config_from(ctx, PredictConfig, config_file, **flags)
     console = Console(stderr=True)
@@ -65,37 +49,7 @@ def predict(ctx: click.Context, config_file: str | None, **flags) -> None:
 
 
 @main.command(context_settings=SETTINGS)
-@click.argument("predictions", type=click.Path())
-@click.option("--task", required=True, type=click.Choice(["qa", "ci", "do", "cu", "tu", "co"]),
-              help="qa: zero-shot QA; ci/do/cu/tu/co: the generative benchmark's criteria.")
-@click.option("--output", required=True, type=click.Path(), help="Results JSON.")
-@click.option("--dataset", default=None, help="msvd, msrvtt, tgif or activitynet (default: from the file name).")
-@click.option("--judge-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. "
-              "The API key goes to this host only: redirects are not followed.")
-@click.option("--judge-model", default=None, help="Exact judge model name (pinned, recorded in the results).")
-@click.option("--judge-local", default=None, help="Or a local transformers model as judge.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key "
-              "(masked as *** in everything written).")
-@click.option("--protocol", type=click.Choice(["redvillm", "videochatgpt"]), default="redvillm",
-              help="Whose messages the judge gets: ours, or exactly those of Video-ChatGPT's scripts "
-              "(needs --official-scripts). Only videochatgpt with a gpt-3.5-turbo judge is comparable with "
-              "published numbers.")
-@click.option("--official-scripts", default=None, type=click.Path(),
-              help="Your copy of Video-ChatGPT's quantitative_evaluation/ folder (read, never run).")
-@click.option("--original-scoring", is_flag=True,
-              help="Score as the original scripts: int() truncation, yes/no by substring, strict reply parsing.")
-@click.option("--attempts", default=3, help="Asks per row before an unparseable reply counts as judge_failed.")
-@click.option("--retries", default=4, help="HTTP retries per ask (429, 5xx, timeouts, non-JSON bodies).")
-@click.option("--timeout", default=60.0, help="Seconds per HTTP request (each socket wait).")
-@click.option("--row-timeout", default=300.0, help="Seconds per row, all asks and retries included; a row "
-              "over it is judge_failed and the run goes on. A hanging judge costs at most this per row.")
-@click.option("--stop-after-failures", default=20, help="After this many rows in a row the judge did not "
-              "answer, the rest are marked judge_failed without asking (0: never).")
-@click.option("--workers", default=1, help="Parallel requests to an HTTP judge.")
-@click.option("--cache", default=None, help="Judge reply cache (default: beside the results).")
-@click.option("--dry-run", default=0, help="Write the request bodies of the first N rows to "
-              "OUTPUT-stem.requests.jsonl and send nothing (to check the messages).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None)
+@options_from(JudgeConfig, positional=("predictions",))
 @click.pass_context
 @friendly_errors
 def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
@@ -105,7 +59,7 @@ def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
     video_name, Q, A, pred; or Q1, Q2, pred1, pred2 for --task co).
     """
     quiet_libraries()
-    from redvillm.evaluate.judging import JudgeConfig, run_judge
+    from redvillm.evaluate.judging import run_judge
     from redvillm.evaluate.report import paper_table, per_type_table, results_table
 
     cfg = config_from(ctx, JudgeConfig, config_file, **flags)

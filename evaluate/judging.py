@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import redvillm
 from redvillm.errors import UserError
-from redvillm.evaluate.judge import CRITERIA, JudgeCache, OpenAICompatibleJudge, TransformersJudge, judge_all
+from redvillm.evaluate.config import JudgeConfig
+from redvillm.evaluate.judge import JudgeCache, OpenAICompatibleJudge, TransformersJudge, judge_all
 from redvillm.evaluate.judge.official import VideoChatGPTProtocol
 from redvillm.evaluate.judge.protocols import RedvillmProtocol, item_fields
 from redvillm.evaluate.judge.rows import judge_items, metric_records, read_prediction_file
@@ -27,44 +26,6 @@ from redvillm.evaluate.report import comparability, dataset_from_name
 from redvillm.model_io import write_json
 
 PAPER_JUDGE = "gpt-3.5-turbo"
-
-
-@dataclass
-class JudgeConfig:
-    predictions: str  # redvillm-eval predict output, or Video-ChatGPT's prediction JSON
-    task: Literal["qa", "ci", "do", "cu", "tu", "co"]
-    output: str  # results JSON; verdicts go to <output>.verdicts.jsonl
-    dataset: str | None = None  # msvd | msrvtt | tgif | activitynet (default: from the file name)
-    judge_url: str | None = None  # OpenAI-compatible endpoint (a hosted API, vLLM, llama.cpp, Ollama)
-    judge_model: str | None = None  # the exact, pinned judge model name
-    judge_local: str | None = None  # or: a local transformers model (hub id or directory)
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never written
-    protocol: Literal["redvillm", "videochatgpt"] = "redvillm"  # whose messages the judge gets
-    official_scripts: str | None = None  # the user's copy of Video-ChatGPT's quantitative_evaluation/
-    original_scoring: bool = False  # int() truncation and the yes/no substring rule of the scripts
-    attempts: int = 3  # asks per row before a reply that never parses counts as judge_failed
-    retries: int = 4  # HTTP retries (429, 5xx, timeouts, non-JSON bodies) per ask
-    timeout: float = 60.0  # seconds per HTTP request (each socket wait)
-    row_timeout: float = 300.0  # seconds per row, every ask and retry included; then judge_failed
-    stop_after_failures: int = 20  # rows in a row the judge did not answer before the rest are not asked
-    workers: int = 1  # parallel requests to an HTTP judge
-    cache: str | None = None  # judge reply cache (default: <output>.judge-cache.jsonl)
-    dry_run: int = 0  # >0: write the request bodies of the first N rows to <output>.requests.jsonl, send none
-
-    def __post_init__(self):
-        if self.task not in CRITERIA:
-            raise ValueError(f"task must be one of {', '.join(CRITERIA)}")
-        if self.judge_url and not self.judge_model:
-            raise ValueError("--judge-url needs --judge-model: the exact, pinned judge model name")
-        if self.judge_url and self.judge_local:
-            raise ValueError("--judge-url and --judge-local are exclusive")
-        if self.protocol not in ("redvillm", "videochatgpt"):
-            raise ValueError("protocol must be redvillm or videochatgpt")
-        if self.protocol == "videochatgpt" and not self.official_scripts:
-            raise ValueError("--protocol videochatgpt needs --official-scripts DIR: your copy of Video-ChatGPT's "
-                             "quantitative_evaluation/ folder")
-        if self.timeout <= 0 or self.row_timeout <= 0:
-            raise ValueError("--timeout and --row-timeout must be > 0")
 
 
 def run_judge(cfg: JudgeConfig, progress: Callable | None = None) -> dict:

@@ -24,7 +24,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -33,6 +32,7 @@ from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
 from redvillm.batching import VideoSample, context_length, sequence_length
 from redvillm.cache import open_cache
+from redvillm.evaluate.config import PredictConfig
 from redvillm.evaluate.provenance import check_resumable, predictions_fingerprint, start_over, started_by
 from redvillm.evaluate.questions import Question, read_questions
 from redvillm.families.registry import family_for_cache
@@ -40,29 +40,6 @@ from redvillm.generation import generate_answers
 from redvillm.model_io import check_cache_for_run, load_model, write_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PredictConfig:
-    model_dir: str  # a redvillm-train output directory
-    cache: str  # token cache of the benchmark's videos (redvillm-extract)
-    questions: str  # any format of evaluate/questions.py
-    output: str  # predictions JSONL
-    answers: str | None = None  # ActivityNet-QA's test_a.json when not beside test_q.json
-    task: str | None = None  # override the detected task (qa | generic | temporal | consistency)
-    batch_size: int = 8
-    max_new_tokens: int = 64
-    do_sample: bool = False  # greedy by default; sampling parameters are recorded either way
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    overwrite: bool = False  # start OUTPUT anew instead of resuming it
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("batch_size and max_new_tokens must be >= 1")
 
 
 @dataclass

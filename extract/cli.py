@@ -11,45 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from redvillm.cache import shards_dir
-from redvillm.cli import config_from, friendly_errors, quiet_libraries
-from redvillm.extract.config import DEFAULT_MODEL, ExtractConfig
+from redvillm.cli import config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.extract.config import ExtractConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.argument("videos", type=click.Path())
-@click.argument("output", type=click.Path())
-@click.option("--model", default=DEFAULT_MODEL, help="Hub id or local checkpoint directory of the image LLM.")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
-@click.option("--num-frames", default=100, help="T: frames sampled uniformly from each video.")
-@click.option("--image-size", type=int, default=None,
-              help="Square frame size, for vision towers that take any resolution (default: the family's own); "
-                   "fixed-resolution towers refuse it and use their processor's size (README: Backbones).")
-@click.option("--sampling", type=click.Choice(["uniform", "videochatgpt"]), default="uniform",
-              help="Frame index rule; videochatgpt reproduces Video-ChatGPT's extractor.")
-@click.option("--short-videos", type=click.Choice(["repeat", "keep"]), default="repeat",
-              help="Videos with fewer than T frames: repeat frames up to T, or keep fewer rows.")
-@click.option("--batch-size", default=32, help="Frames per vision-encoder forward.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              help="Encoder compute dtype (auto: float16/bfloat16 on CUDA, float32 on CPU).")
-@click.option("--decode-workers", default=2, help="Decoder processes running ahead of the encoder.")
-@click.option("--threads", type=int, default=None,
-              help="Encoder torch threads on CPU (default: the cores the decoders leave).")
-@click.option("--decode-timeout", default=120.0, help="Seconds a video may take to decode before it is skipped.")
-@click.option("--recycle-after", default=100, help="Replace a decoder process after this many videos.")
-@click.option("--shard-size", default="2GB", help="Close a shard once it holds this much.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUT made with other settings.")
-@click.option("--strict", is_flag=True, help="Exit with code 1 if any video failed (now or in an earlier run).")
-@click.option("--retry-failed", is_flag=True, help="Retry earlier failures even if the file is unchanged.")
-@click.option("--no-space-check", is_flag=True,
-              help="Start even if the free disk space is below the estimate (videos x T x N x D x 2 bytes).")
-@click.option("--verify", is_flag=True,
-              help="First read every cached video; a shard failing a checksum or finite check is set aside "
-                   "(renamed *.damaged) and its videos extracted again.")
-@click.option("--num-shards", type=int, default=None, help="Manual scale-out without torchrun: total parts.")
-@click.option("--shard-index", type=int, default=None, help="Manual scale-out: this process's part.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="JSON/TOML file of settings; flags on the command line win.")
+@options_from(ExtractConfig, positional=("videos", "output"))
 @click.pass_context
 @friendly_errors
 def main(ctx: click.Context, config_file: str | None, **flags) -> None:

@@ -8,35 +8,42 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from redvillm.extract.sampling import SamplingRule, ShortVideoPolicy
+from redvillm.settings import setting
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 
 
 @dataclass
 class ExtractConfig:
-    videos: str  # folder of videos (recursive) or a .txt/.json list of paths
-    output: str  # OUT.h5; shards go to OUT.shards/ beside it
-    model: str = DEFAULT_MODEL  # hub id or local checkpoint directory
-    revision: str | None = None  # hub revision (branch, tag or commit)
-    num_frames: int = 100  # T, sampled uniformly whatever the fps
-    image_size: int | None = None  # square frame size for any-resolution towers (None: the family's default)
-    sampling: SamplingRule = "uniform"  # or "videochatgpt", Video-ChatGPT's index rule
-    short_videos: ShortVideoPolicy = "repeat"  # videos with fewer than T frames: repeat or keep
-    batch_size: int = 32  # frames per vision-encoder forward
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # encoder compute dtype
-    decode_workers: int = 2  # decoder processes running ahead of the encoder
-    threads: int | None = None  # torch threads of the encoder on CPU (default: cores left by the decoders)
-    decode_timeout: float = 120.0  # seconds one video may take to decode before it is skipped
-    recycle_after: int = 100  # replace a decoder process after this many videos (decord leaks)
-    shard_size: str = "2GB"  # a shard is closed once it holds this much (KB/MB/GB)
-    overwrite: bool = False  # replace an existing OUT made with other settings
-    strict: bool = False  # exit non-zero if any video failed
-    retry_failed: bool = False  # retry videos that failed before even if the file is unchanged
-    no_space_check: bool = False  # start even if the disk looks too small for the estimated tokens
-    verify: bool = False  # read every cached video first; set aside shards failing a checksum/finite check
-    num_shards: int | None = None  # manual scale-out without torchrun (e.g. array jobs) ...
-    shard_index: int | None = None  # ... this process takes videos[shard_index::num_shards]
+    videos: str = setting(path=True)  # folder of videos (recursive) or a .txt/.json list of paths
+    output: str = setting(path=True)  # OUT.h5; shards go to OUT.shards/ beside it
+    model: str = setting(DEFAULT_MODEL, "Hub id or local checkpoint directory of the image LLM.")
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit).")
+    num_frames: int = setting(100, "T: frames sampled uniformly from each video.")
+    image_size: int | None = setting(None, "Square frame size, for vision towers that take any resolution (default: "
+                                           "the family's own); fixed-resolution towers refuse it and use their "
+                                           "processor's size (README: Backbones).")
+    sampling: SamplingRule = setting("uniform", "Frame index rule; videochatgpt reproduces Video-ChatGPT's extractor.")
+    short_videos: ShortVideoPolicy = setting("repeat", "Videos with fewer than T frames: repeat frames up to T, or "
+                                                       "keep fewer rows.")
+    batch_size: int = setting(32, "Frames per vision-encoder forward.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "Encoder compute dtype (auto: float16/bfloat16 on CUDA, float32 on CPU).")
+    decode_workers: int = setting(2, "Decoder processes running ahead of the encoder.")
+    threads: int | None = setting(None, "Encoder torch threads on CPU (default: the cores the decoders leave).")
+    decode_timeout: float = setting(120.0, "Seconds a video may take to decode before it is skipped.")
+    recycle_after: int = setting(100, "Replace a decoder process after this many videos.")
+    shard_size: str = setting("2GB", "Close a shard once it holds this much.")
+    overwrite: bool = setting(False, "Replace an existing OUT made with other settings.")
+    strict: bool = setting(False, "Exit with code 1 if any video failed (now or in an earlier run).")
+    retry_failed: bool = setting(False, "Retry earlier failures even if the file is unchanged.")
+    no_space_check: bool = setting(False, "Start even if the free disk space is below the estimate (videos x T x N x "
+                                          "D x 2 bytes).")
+    verify: bool = setting(False, "First read every cached video; a shard failing a checksum or finite check is set "
+                                  "aside (renamed *.damaged) and its videos extracted again.")
+    num_shards: int | None = setting(None, "Manual scale-out without torchrun: total parts.")
+    shard_index: int | None = setting(None, "Manual scale-out: this process's part.")
 
     def __post_init__(self):
         if self.num_frames < 1:

@@ -1,4 +1,11 @@
-"""What the three console scripts share: config precedence, one-line errors, logging quietness.
+"""What the console scripts share: options made from a config dataclass, config precedence,
+one-line errors, logging quietness.
+
+The typed config is the CLI: `options_from(Config)` makes one click option per dataclass field.
+The field's name gives the flag (underscores become dashes), its type the click type (bool: a
+flag, `--name/--no-name` when it defaults to True; Literal: a choice; int, float, str; `X | None`
+is optional X), its default the default (no default: required). Its metadata may add
+`help` (the --help text) and `path: True` (shown as PATH). Every command also gets `--config FILE`.
 
 Precedence: dataclass defaults, then an optional --config file (JSON or TOML), then the flags
 given on the command line.
@@ -12,12 +19,60 @@ import json
 import logging
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
 from redvillm.errors import UserError
+
+
+CONFIG_HELP = "JSON/TOML file of settings; flags on the command line win."
+
+
+def options_from(cls, positional: tuple[str, ...] = ()):
+    """Decorator: click arguments (the `positional` fields) and options (the rest) for `cls`, plus --config."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        kind = _click_type(f, hints[f.name])
+        params.append(click.argument(f.name, type=kind) if f.name in positional else _option(f, kind))
+    params.append(click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                               default=None, help=CONFIG_HELP))
+
+    def decorate(fn):
+        for param in reversed(params):
+            fn = param(fn)
+        return fn
+
+    return decorate
+
+
+def _option(f: dataclasses.Field, kind):
+    flag = "--" + f.name.replace("_", "-")
+    extra = {"help": f.metadata.get("help")}
+    if f.default is dataclasses.MISSING:
+        return click.option(flag, f.name, type=kind, required=True, **extra)
+    if kind is click.BOOL:
+        if f.default:
+            return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=True, **extra)
+        return click.option(flag, f.name, is_flag=True, default=False, **extra)
+    return click.option(flag, f.name, type=kind, default=f.default, **extra)
+
+
+def _click_type(f: dataclasses.Field, hint):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return click.Choice([str(choice) for choice in typing.get_args(hint)])
+    if f.metadata.get("path"):
+        return click.Path()
+    known = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
+    if hint not in known:
+        raise TypeError(f"{f.name}: no click type for {hint!r}")
+    return known[hint]
 
 
 def config_from(ctx: click.Context, cls, config_file: str | None, **flags):

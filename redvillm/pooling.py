@@ -14,6 +14,9 @@ from typing import Literal
 Pooling = Literal["both", "time-averaged", "frame-averaged", "temporal", "spatial"]
 POOLINGS: tuple[str, ...] = ("both", "time-averaged", "frame-averaged")
 POOLING_ALIASES: dict[str, str] = {"temporal": "time-averaged", "spatial": "frame-averaged"}
+# How g_t, the temporal tokens' projector, starts: a copy of g_z, g_z itself, a copy plus a random MLP, random.
+TemporalModule = Literal["copy", "none", "copy+mlp", "random"]
+TEMPORAL_MODULES: tuple[str, ...] = ("copy", "none", "copy+mlp", "random")
 
 
 def canonical_pooling(name: str) -> str:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from redvillm.families.chat import ChatFormat
-from redvillm.pooling import Pooling, canonical_pooling, uses_spatial, uses_temporal
-
-TemporalModule = Literal["copy", "none", "copy+mlp", "random"]
-TEMPORAL_MODULES: tuple[str, ...] = ("copy", "none", "copy+mlp", "random")
+from redvillm.pooling import (  # noqa: F401 (TEMPORAL_MODULES, TemporalModule: re-exported)
+    TEMPORAL_MODULES, Pooling, TemporalModule, canonical_pooling, uses_spatial, uses_temporal,
+)
 
 
 @dataclass(frozen=True)

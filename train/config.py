@@ -6,37 +6,46 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from redvillm.extract.config import DEFAULT_MODEL
-from redvillm.pooling import Pooling, canonical_pooling
-from redvillm.video_llm import TEMPORAL_MODULES, TemporalModule
+from redvillm.pooling import TEMPORAL_MODULES, Pooling, TemporalModule, canonical_pooling
+from redvillm.settings import setting
 
 
 @dataclass
 class TrainConfig:
-    cache: str  # OUT.h5 written by redvillm-extract
-    annotations: str  # VideoInstruct-100K JSON, its conversation form, or JSONL
-    output: str  # run directory: adapter, config, log, checkpoints
-    model: str = DEFAULT_MODEL  # the image LLM the cache was extracted with
-    revision: str | None = None
-    pooling: Pooling = "both"  # both | time-averaged (alias temporal) | frame-averaged (alias spatial)
-    temporal_module: TemporalModule = "copy"  # copy | none | copy+mlp | random
-    lr: float = 2e-5  # the paper's recipe: AdamW, lr 2e-5, global batch 32, 3 epochs
+    cache: str = setting(path=True)  # OUT.h5 written by redvillm-extract
+    annotations: str = setting(help="VideoInstruct JSON, conversation JSON or JSONL.", path=True)
+    output: str = setting(help="Run directory (adapter, config, log, checkpoints).", path=True)
+    model: str = setting(DEFAULT_MODEL, "The image LLM the cache was extracted with.")
+    revision: str | None = setting(None, "Hub revision of --model.")
+    pooling: Pooling = setting("both", "both = [temporal tokens, spatial tokens]; time-averaged = the spatial tokens "
+                                       "(mean over frames) only; frame-averaged = the temporal tokens (mean over "
+                                       "patches) only. The paper's names are kept as aliases: temporal = "
+                                       "time-averaged, spatial = frame-averaged.")
+    temporal_module: TemporalModule = setting("copy", "copy of the pretrained projector; none = one projector for "
+                                                      "both (Video-ChatGPT); copy+mlp = copy + random MLP; random = "
+                                                      "projector architecture, random init.")
+    # the paper's recipe: AdamW, lr 2e-5, global batch 32, 3 epochs
+    lr: float = setting(2e-5, "Peak learning rate (AdamW).")
     epochs: int = 3
-    batch_size: int = 32  # global: micro-batch x grad_accum x world size
+    batch_size: int = setting(32, "Global batch: micro-batch x grad-accum x world size.")
     grad_accum: int = 1
     warmup_ratio: float = 0.03  # linear warmup, then cosine decay to zero
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    max_steps: int | None = None  # end (and schedule) after this many optimizer steps
+    max_grad_norm: float = setting(1.0, "Gradient clipping (0 disables).")
+    max_steps: int | None = setting(None, "Stop (and schedule) after this many optimizer steps.")
     seed: int = 0
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # frozen LLM; adapter stays fp32
-    gradient_checkpointing: bool = False  # through the frozen LLM: memory for compute
-    save_every: int = 500  # optimizer steps between checkpoints
-    resume: bool = False  # continue from the latest checkpoint in output, if there is one
-    overwrite: bool = False  # delete an existing run in output first
-    strict: bool = False  # rows without a cached video or with unusable tokens (unreadable, NaN/inf): error
-    num_workers: int = 2  # DataLoader workers
-    pooled_dir: str | None = None  # pooled sidecar; default: CACHE.pooled/ beside the cache
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "Frozen LLM dtype (auto: bf16/fp16 on CUDA, fp32 on CPU); trainable weights stay fp32.")
+    gradient_checkpointing: bool = setting(False, "Recompute the frozen LLM's activations in backward.")
+    save_every: int = setting(500, "Optimizer steps between checkpoints.")
+    resume: bool = setting(False, "Continue from the latest checkpoint in --output (if any); a finished run is left "
+                                  "as it is.")
+    overwrite: bool = setting(False, "Delete an existing run in --output first.")
+    strict: bool = setting(False, "Annotation rows whose video is not cached, or whose video's tokens are unusable "
+                                  "(unreadable, NaN/inf), are an error instead of being skipped with a count.")
+    num_workers: int = setting(2, "DataLoader workers.")
+    pooled_dir: str | None = setting(None, "Where the pooled sidecar goes (default: CACHE.pooled/).")
     log_every: int = 10
 
     def __post_init__(self):

@@ -8,7 +8,7 @@ import logging
 import click
 from rich.console import Console
 
-from redvillm.cli import config_from, friendly_errors, quiet_libraries
+from redvillm.cli import config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.errors import UserError
 from redvillm.serve.config import ServeConfig
 
@@ -16,25 +16,7 @@ SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 @click.command(context_settings=SETTINGS)
-@click.argument("run_dir", type=click.Path())
-@click.option("--host", default="127.0.0.1", help="Address to bind; 0.0.0.0 lets other machines ask.")
-@click.option("--port", default=8000)
-@click.option("--model-name", default=None, help="Model id clients send (default: the run directory's name).")
-@click.option("--device", default="auto")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto")
-@click.option("--max-batch", default=8, help="Requests answered by one generate.")
-@click.option("--batch-wait-ms", default=10.0, help="How long a request waits for others to batch with.")
-@click.option("--default-max-tokens", default=256, help="Answer length when a request sets none.")
-@click.option("--max-tokens", default=1024, help="The most max_tokens a request may ask for.")
-@click.option("--max-video-mb", default=200.0, help="Largest video accepted as a download or base64.")
-@click.option("--download-timeout", default=60.0, help="Seconds to download an http(s) video.")
-@click.option("--decode-workers", default=2, help="Video decoder processes.")
-@click.option("--decode-timeout", default=120.0, help="Seconds before a video that hangs the decoder is refused.")
-@click.option("--request-timeout", default=600.0, help="Seconds before a request gets a 504.")
-@click.option("--max-pending", default=256, help="Queued requests beyond this get a 429.")
-@click.option("--local-files/--no-local-files", default=True, help="Accept local paths and file:// URLs.")
-@click.option("--remote-urls/--no-remote-urls", default=True, help="Accept http(s) video URLs (downloaded).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None)
+@options_from(ServeConfig, positional=("run_dir",))
 @click.pass_context
 @friendly_errors
 def main(ctx: click.Context, config_file: str | None, **flags) -> None:

@@ -6,27 +6,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from redvillm.settings import setting
+
 
 @dataclass
 class ServeConfig:
-    run_dir: str  # a redvillm-train output directory
-    host: str = "127.0.0.1"  # loopback: only this machine can ask (0.0.0.0 opens it to the network)
+    run_dir: str = setting(path=True)  # a redvillm-train output directory
+    host: str = setting("127.0.0.1", "Address to bind; 0.0.0.0 lets other machines ask.")
     port: int = 8000
-    model_name: str | None = None  # the id in /v1/models and requests (default: the run directory's name)
+    model_name: str | None = setting(None, "Model id clients send (default: the run directory's name).")
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_batch: int = 8  # requests answered by one generate
-    batch_wait_ms: float = 10.0  # how long the first request of a batch waits for company
-    default_max_tokens: int = 256  # when a request gives neither max_tokens nor max_completion_tokens
-    max_tokens: int = 1024  # the most a request may ask for
-    max_video_mb: float = 200.0  # downloads and base64 videos larger than this are refused
-    download_timeout: float = 60.0  # seconds for an http(s) video, all of it
-    decode_workers: int = 2
-    decode_timeout: float = 120.0  # a video that takes longer to decode is refused (worker killed)
-    request_timeout: float = 600.0  # a request not answered by then gets a 504
-    max_pending: int = 256  # requests queued beyond this get a 429
-    local_files: bool = True  # accept local paths and file:// URLs as videos
-    remote_urls: bool = True  # accept http(s) URLs (the server downloads them)
+    max_batch: int = setting(8, "Requests answered by one generate.")
+    batch_wait_ms: float = setting(10.0, "How long a request waits for others to batch with.")
+    default_max_tokens: int = setting(256, "Answer length when a request sets none.")
+    max_tokens: int = setting(1024, "The most max_tokens a request may ask for.")
+    max_video_mb: float = setting(200.0, "Largest video accepted as a download or base64.")
+    download_timeout: float = setting(60.0, "Seconds to download an http(s) video.")
+    decode_workers: int = setting(2, "Video decoder processes.")
+    decode_timeout: float = setting(120.0, "Seconds before a video that hangs the decoder is refused.")
+    request_timeout: float = setting(600.0, "Seconds before a request gets a 504.")
+    max_pending: int = setting(256, "Queued requests beyond this get a 429.")
+    local_files: bool = setting(True, "Accept local paths and file:// URLs.")
+    remote_urls: bool = setting(True, "Accept http(s) video URLs (downloaded).")
 
     def __post_init__(self):
         if min(self.max_batch, self.default_max_tokens, self.max_tokens, self.decode_workers, self.max_pending) < 1:
