@@ -50,7 +50,7 @@ def measure(tmp: Path, count: int, new_tokens: int) -> dict:
     from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from redvillm.batching import VideoSample, collate
+    from redvillm.batching import VideoSample
     from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
     from redvillm.model_io import build_video_llm
 
@@ -66,8 +66,7 @@ def measure(tmp: Path, count: int, new_tokens: int) -> dict:
 
     def video_batches(size: int):
         for start in range(0, count, size):
-            batch = collate(samples[start : start + size], llm.adapter.layout, llm.chat.placeholder_id, 0,
-                            padding_side="left", with_labels=False)
+            batch = llm.batch(samples[start : start + size], for_generation=True)
             llm.generate(batch, **gen)
 
     processor = AutoProcessor.from_pretrained(image_dir)
@@ -86,7 +85,7 @@ def measure(tmp: Path, count: int, new_tokens: int) -> dict:
     video_one = _timed(lambda: video_batches(1)) / count
     image_one = _timed(image_answers) / count
     video_eight = _timed(lambda: video_batches(8)) / count
-    tokens = collate(samples[:1], llm.adapter.layout, llm.chat.placeholder_id, 0, with_labels=False).input_ids
+    tokens = llm.batch(samples[:1], for_generation=True).input_ids
     image_tokens = int((processor(images=images[0], text=prompt, return_tensors="pt")["input_ids"]
                         == image_model.config.image_token_id).sum())
     video_tokens = int((tokens == llm.chat.placeholder_id).sum())

@@ -138,10 +138,7 @@ class Trainer:
         self.llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, self.device, torch.float32)
         self.llm.adapter.train()
         self.dataset = InstructionDataset(self.instructions, self.llm.chat, self.pooled)
-        chat = self.llm.chat
-        pad_id = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.eos_id
-        self.collate = partial(collate_items, layout=self.llm.adapter.layout, placeholder_id=chat.placeholder_id,
-                               pad_id=pad_id)
+        self.collate = partial(collate_items, batcher=self.llm.batcher)
         self.optimizer = torch.optim.AdamW(self.llm.adapter.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
 

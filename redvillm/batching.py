@@ -68,6 +68,28 @@ def collate(samples: list[VideoSample], layout: VideoLayout, placeholder_id: int
     )
 
 
+@dataclass(frozen=True)
+class Batcher:
+    """One model's way of turning samples into a VideoBatch: its video layout, placeholder id and
+    pad id. Small and picklable, so DataLoader workers can build batches with it."""
+
+    layout: VideoLayout
+    placeholder_id: int
+    pad_id: int
+
+    def __call__(self, samples: list[VideoSample], for_generation: bool = False) -> VideoBatch:
+        """Training: right padding, labels on the answer tokens. Generation: left padding, no labels."""
+        if for_generation:
+            return collate(samples, self.layout, self.placeholder_id, self.pad_id, padding_side="left",
+                           with_labels=False)
+        return collate(samples, self.layout, self.placeholder_id, self.pad_id)
+
+
+def pad_id(tokenizer, eos_id: int) -> int:
+    """The tokenizer's pad id, or end-of-sequence when it has none (many chat LLMs ship without one)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+
+
 def _pad_frames(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Videos kept shorter than T ("keep" policy) are padded; the mask says which rows are real."""
     longest = max(r.shape[0] for r in rows)

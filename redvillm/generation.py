@@ -18,7 +18,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from redvillm.batching import VideoSample, collate
+from redvillm.batching import VideoSample
 
 log = logging.getLogger("redvillm.generation")
 
@@ -50,9 +50,7 @@ def generate_rows(model, prompts: Sequence[Prompt], max_new_tokens: int | Sequen
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     stops = row_stops(stop, len(prompts))
     samples = [VideoSample(model.chat.encode(question), temporal, spatial) for question, temporal, spatial in prompts]
-    pad = model.chat.tokenizer.pad_token_id if model.chat.tokenizer.pad_token_id is not None else model.chat.eos_id
-    inputs = collate(samples, model.adapter.layout, model.chat.placeholder_id, pad, padding_side="left",
-                     with_labels=False).to(model.device)
+    inputs = model.batch(samples, for_generation=True).to(model.device)
     rows = _Rows(model.chat, limits, stops, on_text, cancelled)
     extra = {"streamer": rows}
     if any(stops) or len(set(limits)) > 1 or cancelled is not None:

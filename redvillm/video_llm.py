@@ -155,6 +155,18 @@ class VideoLLM:
             generation_config.update(do_sample=False, top_k=None, top_p=None, temperature=None)
 
     @property
+    def batcher(self):
+        """This model's redvillm.batching.Batcher (picklable: what DataLoader workers collate with)."""
+        from redvillm.batching import Batcher, pad_id  # batching imports this module
+
+        return Batcher(self.adapter.layout, self.chat.placeholder_id, pad_id(self.chat.tokenizer, self.chat.eos_id))
+
+    def batch(self, samples: list, for_generation: bool = False) -> VideoBatch:
+        """VideoSamples -> one VideoBatch: right-padded with labels for training and scoring,
+        left-padded without labels for generation."""
+        return self.batcher(samples, for_generation)
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.backbone.get_input_embeddings().weight.dtype
 

@@ -15,7 +15,6 @@ from redvillm.data.tiny_image_llm import (
     shipped_image_llm,
     train_image_llm,
 )
-from redvillm.batching import collate
 from redvillm.families.registry import load_family
 from redvillm.train.miniature import MiniatureConfig, run_miniature
 
@@ -88,9 +87,11 @@ def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
     truth = {family.pool(torch.from_numpy(cache[v]))[0].numpy().tobytes(): qa[v] for v in qa}  # temporal tokens
     seen = []
 
-    def recording_collate(samples, *args, **kwargs):
+    batch = VideoLLM.batch
+
+    def recording_batch(self, samples, *args, **kwargs):
         seen[:] = samples
-        return collate(samples, *args, **kwargs)
+        return batch(self, samples, *args, **kwargs)
 
     def oracle(self, batch):
         def score(sample):
@@ -99,7 +100,7 @@ def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
             return 0.0 if sample.chat.answer_ids == true_ids else -10.0
         return torch.tensor([score(sample) for sample in seen])
 
-    monkeypatch.setattr(miniature, "collate", recording_collate)
+    monkeypatch.setattr(VideoLLM, "batch", recording_batch)
     monkeypatch.setattr(VideoLLM, "answer_logprobs", oracle)
     accuracy = miniature.forced_choice_by_task(run, out / "test.h5", out / "test")
     assert accuracy == {"colour": 1.0, "order": 1.0}

@@ -9,7 +9,7 @@ from itertools import islice
 
 from torch.utils.data import Dataset, DistributedSampler
 
-from redvillm.batching import VideoSample, collate, fit_to_context
+from redvillm.batching import Batcher, VideoSample, fit_to_context
 from redvillm.cache import BadTokens, TokenCache
 from redvillm.data.annotations import Instruction
 from redvillm.errors import UserError
@@ -127,9 +127,10 @@ class TrainBatch:
         return TrainBatch(self.video_ids, self.problems, self.batch.pin_memory())
 
 
-def collate_items(items: list[TrainItem], **collate_args) -> TrainBatch:
+def collate_items(items: list[TrainItem], batcher: Batcher) -> TrainBatch:
+    """Training items -> one right-padded, labelled batch (with the items' video ids and problems)."""
     return TrainBatch([i.video_id for i in items], [i.problem for i in items if i.problem],
-                      collate([i.sample for i in items], **collate_args))
+                      batcher([i.sample for i in items]))
 
 
 class InstructionDataset(Dataset):

@@ -126,10 +126,8 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     dataset = InstructionDataset(instructions, llm.chat, pooled, video_tokens, context)
     sampler = ResumableSampler(dataset, info.world_size, info.rank, cfg.seed)
     micro = cfg.micro_batch_size(info.world_size)
-    pad_id = llm.chat.tokenizer.pad_token_id if llm.chat.tokenizer.pad_token_id is not None else llm.chat.eos_id
     loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=partial(collate_items, layout=llm.adapter.layout,
-                                           placeholder_id=llm.chat.placeholder_id, pad_id=pad_id),
+                        collate_fn=partial(collate_items, batcher=llm.batcher),
                         persistent_workers=cfg.num_workers > 0,
                         pin_memory=device.type == "cuda")
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / info.world_size / micro) / cfg.grad_accum)

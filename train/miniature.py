@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from redvillm.batching import VideoSample, collate
+from redvillm.batching import VideoSample
 from redvillm.cache import open_cache
 from redvillm.data.synthetic import (
     CONTROL_TASKS,
@@ -189,7 +189,7 @@ def forced_choice_by_task(run_dir: Path, cache_path: Path, split_dir: Path, batc
             temporal, spatial = family.pool(torch.from_numpy(cache[video_id]))
             for answer in (qa[video_id]["a"], qa[twin[video_id]]["a"]):
                 samples.append(VideoSample(model.chat.encode(qa[video_id]["q"], answer), temporal, spatial))
-        scores = model.answer_logprobs(collate(samples, model.adapter.layout, model.chat.placeholder_id, 0)).view(-1, 2)
+        scores = model.answer_logprobs(model.batch(samples)).view(-1, 2)
         for video_id, (own, other) in zip(chunk, scores.tolist()):
             wins.setdefault(task_of[video_id], []).append(own > other)
     return {task: sum(w) / len(w) for task, w in sorted(wins.items(), key=lambda kv: _task_order(kv[0]))}
