@@ -1,9 +1,15 @@
 """Building the video LLM from a backbone, saving its trainable part, and ``load_model(DIR)``.
 
-A trained run directory holds (see train/):
+This module owns the layout of a run directory (what ``redvillm-train --output`` writes):
     adapter.safetensors      the VideoAdapter's weights (projector g_z + temporal module g_t) only
     redvillm_config.json     everything needed to rebuild the model (VideoModelConfig) + the
                              resolved training config and the cache's provenance
+    train_config.json        the resolved training config, written when training starts
+    train_log.jsonl          one JSON record per logged step
+    skipped.json             what the run left out: unusable videos, rows without a cached video
+                             or longer than the context
+    checkpoints/             resumable training state (redvillm.train.checkpoint); each checkpoint
+                             holds its own adapter.safetensors, written by ``adapter_file_bytes``
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 
 import redvillm
 from redvillm.cache import cache_mismatch, frame_differences, model_identity
@@ -26,6 +33,9 @@ from redvillm.video_llm import VideoAdapter, VideoLLM
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "redvillm_config.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+LOG_FILE = "train_log.jsonl"
+SKIPPED_FILE = "skipped.json"
 
 
 @dataclass
@@ -63,11 +73,30 @@ def save_adapter(llm: VideoLLM, out_dir: Path, config: VideoModelConfig) -> None
     """Write adapter weights and config atomically (temp file + rename), config last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, **dict(zip(("model", "revision"), resolve_checkpoint(config.model, config.revision))))
-    state = {k: v.detach().contiguous().cpu() for k, v in llm.adapter.state_dict().items()}
-    tmp = out_dir / f".{ADAPTER_FILE}.tmp"
-    save_file(state, tmp, metadata={"format": "pt", "redvillm": redvillm.__version__})
+    tmp = adapter_tmp(out_dir)
+    tmp.write_bytes(adapter_file_bytes(adapter_state(llm.adapter)))
     os.replace(tmp, out_dir / ADAPTER_FILE)
     write_json(out_dir / CONFIG_FILE, asdict(config))
+
+
+def adapter_state(adapter: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights as they are written: detached, contiguous, on the CPU."""
+    return {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+
+
+def adapter_file_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """The bytes of an adapter.safetensors file (a run's and a checkpoint's alike)."""
+    return serialize(state, metadata={"format": "pt", "redvillm": redvillm.__version__})
+
+
+def adapter_tmp(run_dir: Path) -> Path:
+    """Where save_adapter writes the weights before renaming them into place."""
+    return run_dir / f".{ADAPTER_FILE}.tmp"
+
+
+def has_adapter(run_dir: str | os.PathLike) -> bool:
+    """True once training has written the run's final weights."""
+    return (Path(run_dir) / ADAPTER_FILE).exists()
 
 
 def resolve_checkpoint(model: str, revision: str | None) -> tuple[str, str | None]:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as serialize
 
 from redvillm.errors import UserError
+from redvillm.model_io import ADAPTER_FILE, adapter_file_bytes, adapter_state
 from redvillm.pooling import canonical_pooling
 
 
@@ -52,7 +53,7 @@ def save(directory: Path, adapter, optimizer, scheduler, position: Position, fin
     was saved already (the final save, or a resumed finished run), the new one goes to a second
     name, so a kill at any moment leaves `latest` naming a complete checkpoint.
     """
-    weights = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    weights = adapter_state(adapter)
     for name, value in weights.items():
         if not bool(torch.isfinite(value).all()):  # the loop stops before this; never write one
             raise UserError(f"{directory}: refusing to save a checkpoint whose weight {name} is not finite; "
@@ -64,13 +65,13 @@ def save(directory: Path, adapter, optimizer, scheduler, position: Position, fin
     moments, groups = _flatten_optimizer(optimizer.state_dict())
     state = {"position": vars(position), "scheduler": _jsonable(scheduler.state_dict()), "param_groups": groups,
              "fingerprint": fingerprint}
-    files = {"adapter.safetensors": weights, "optimizer.safetensors": moments, "rng.safetensors": _rng_state()}
+    files = {ADAPTER_FILE: weights, "optimizer.safetensors": moments, "rng.safetensors": _rng_state()}
     needed = sum(t.numel() * t.element_size() for tensors in files.values() for t in tensors.values()) + 2**16
     with disk_full(tmp, needed, f"; {_kept(current)}", cleanup=tmp):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name, tensors in files.items():
-            _write_bytes(tmp / name, serialize(tensors))
+            _write_bytes(tmp / name, adapter_file_bytes(tensors) if name == ADAPTER_FILE else serialize(tensors))
         _write_bytes(tmp / "trainer_state.json", json.dumps(state, indent=1).encode())
         shutil.rmtree(target, ignore_errors=True)  # never `current`: a leftover of an earlier kill
         os.replace(tmp, target)
@@ -180,7 +181,7 @@ def load(directory: Path, adapter, optimizer, scheduler, fingerprint: dict, devi
     if differs:
         raise UserError(f"{path}: was made with other settings ({', '.join(differs)}); resume with the same "
                         "settings, or start a new --output")
-    adapter.load_state_dict(load_file(path / "adapter.safetensors", device=str(device)))
+    adapter.load_state_dict(load_file(path / ADAPTER_FILE, device=str(device)))
     optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["param_groups"]))
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(load_file(path / "rng.safetensors"))

@@ -31,7 +31,8 @@ from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
 from redvillm.journal import append_journal, read_journal
 from redvillm.families.registry import family_for_cache
-from redvillm.model_io import ADAPTER_FILE, VideoModelConfig, build_video_llm, save_adapter, write_json
+from redvillm.model_io import (ADAPTER_FILE, LOG_FILE, SKIPPED_FILE, TRAIN_CONFIG_FILE, VideoModelConfig, adapter_tmp,
+                               build_video_llm, has_adapter, save_adapter, write_json)
 from redvillm.train import checkpoint
 from redvillm.train.config import TrainConfig
 from redvillm.train.data import (InstructionDataset, LongRows, ResumableSampler, collate_items, usable, within_context,
@@ -39,8 +40,6 @@ from redvillm.train.data import (InstructionDataset, LongRows, ResumableSampler,
 from redvillm.train.pooled import PooledStore
 
 log = logging.getLogger(__name__)
-LOG_FILE = "train_log.jsonl"
-SKIPPED_FILE = "skipped.json"  # what the run left out: unusable videos (id, shard, why, rows), missing ones
 
 
 @dataclass
@@ -142,7 +141,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         with checkpoint.disk_full(out, 2**16):
-            write_json(out / "train_config.json", cfg.to_dict())
+            write_json(out / TRAIN_CONFIG_FILE, cfg.to_dict())
             write_json(out / SKIPPED_FILE, skipped)
         _trim_log(out / LOG_FILE, position.step)
     if announce:
@@ -199,7 +198,7 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
                                   cfg.seed, extra={"train": cfg.to_dict(), "cache": cache.info})
         adapter_bytes = sum(v.numel() * v.element_size() for v in llm.adapter.state_dict().values())
         with checkpoint.disk_full(out / ADAPTER_FILE, adapter_bytes, f"; {checkpoint.kept_line(out)}",
-                                  cleanup=out / f".{ADAPTER_FILE}.tmp"):
+                                  cleanup=adapter_tmp(out)):
             save_adapter(llm, out, config)
     distributed.barrier()
     return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses,
@@ -280,11 +279,11 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
     if overwrite and out.exists():
-        if not (checkpoint.exists(out) or (out / "adapter.safetensors").exists() or (out / "train_config.json").exists()):
+        if not (checkpoint.exists(out) or has_adapter(out) or (out / TRAIN_CONFIG_FILE).exists()):
             raise UserError(f"{out}: --overwrite only replaces a training run, and this folder does not hold one")
         shutil.rmtree(out)
     distributed.barrier()
-    if not resume and (checkpoint.exists(out) or (out / "adapter.safetensors").exists()):
+    if not resume and (checkpoint.exists(out) or has_adapter(out)):
         raise UserError(f"{out}: holds a training run already; pass --resume to continue it, --overwrite to "
                         "replace it, or pick a new --output")
 

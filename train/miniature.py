@@ -47,7 +47,7 @@ from redvillm.data.tiny_image_llm import shipped_image_llm
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
 from redvillm.families.registry import family_for_cache
-from redvillm.model_io import load_model
+from redvillm.model_io import has_adapter, load_model
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
 
@@ -125,7 +125,7 @@ def run_miniature(cfg: MiniatureConfig, log=print) -> MiniatureResult:
         for seed in cfg.seeds:
             annotations = _subset(out / "train", count, cfg.tasks)
             run = out / "runs" / f"{pooling}-{module}-n{count}-seed{seed}-{_recipe_tag(cfg)}"
-            if not (run / "adapter.safetensors").exists():
+            if not has_adapter(run):
                 run_train(TrainConfig(str(caches["train"]), str(annotations), str(run), model=image_llm,
                                       pooling=pooling, temporal_module=module, lr=cfg.lr, batch_size=cfg.batch_size,
                                       epochs=10**6, max_steps=cfg.steps, seed=seed, device="cpu", num_workers=0,

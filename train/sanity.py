@@ -27,6 +27,7 @@ from redvillm.data.synthetic import SyntheticConfig, answer_with_label_word, gen
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
+from redvillm.model_io import has_adapter
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
 from redvillm.train.miniature import forced_choice_by_task
@@ -80,8 +81,8 @@ def run_sanity(cfg: SanityConfig, log=print) -> SanityResult:
                                 pooling=pooling, lr=cfg.lr, batch_size=cfg.batch_size, epochs=10**6,
                                 max_grad_norm=cfg.max_grad_norm,
                                 max_steps=cfg.steps, seed=seed, device="cpu", num_workers=0,
-                                save_every=cfg.steps, log_every=50, resume=(run / "adapter.safetensors").exists())
-            if not (run / "adapter.safetensors").exists():
+                                save_every=cfg.steps, log_every=50, resume=has_adapter(run))
+            if not has_adapter(run):
                 run_train(train)
             (accuracy,) = forced_choice_by_task(run, caches["test"], out / "test").values()  # one task
             result.accuracy.setdefault(pooling, []).append(accuracy)
