@@ -63,12 +63,10 @@ from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava  # noqa: 
 from redvillm.extract.config import ExtractConfig  # noqa: E402
 from redvillm.extract.decode import DecodeSettings, decode_video  # noqa: E402
 from redvillm.extract.pipeline import encode_frames  # noqa: E402
-from redvillm.families.registry import load_family  # noqa: E402
-from redvillm.model_io import build_video_llm  # noqa: E402
 from redvillm.train.config import TrainConfig  # noqa: E402
-from redvillm.train.data import InstructionDataset, ResumableSampler, TrainItem, collate_items  # noqa: E402
+from redvillm.train.data import ResumableSampler, TrainItem, collate_items  # noqa: E402
 from redvillm.train import loop as train_loop  # noqa: E402
-from redvillm.train.loop import _step, run_train  # noqa: E402  (the step run_train takes)
+from redvillm.train.loop import run_train, setup  # noqa: E402  (run_train and its own setup)
 from redvillm.cache import count_nonfinite  # noqa: E402
 from redvillm.train.pooled import PooledStore  # noqa: E402
 
@@ -126,25 +124,18 @@ def train_config(cache: Path, annotations: Path, out: Path, model: Path, args, *
 
 
 class Trainer:
-    """What run_train sets up before its loop, built from the same pieces."""
+    """run_train's own setup (train.loop.setup), with its step and data loaders to time."""
 
     def __init__(self, cfg: TrainConfig):
-        self.cfg, self.device = cfg, torch.device("cpu")
-        cache = open_cache(cfg.cache)
-        self.family = load_family(cfg.model)
-        self.instructions = read_instructions(cfg.annotations)
-        self.pooled = PooledStore(cache, self.family.pool, self.family.name, cfg.pooled_dir)
-        self.pooled.build({i.video_id for i in self.instructions})
-        self.llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, self.device, torch.float32)
+        self.run = setup(cfg)
+        self.cfg, self.device, self.family, self.llm = cfg, self.run.device, self.run.family, self.run.llm
+        self.dataset = self.run.dataset
+        self.instructions, self.pooled = self.dataset.instructions, self.dataset.pooled
         self.llm.adapter.train()
-        self.dataset = InstructionDataset(self.instructions, self.llm.chat, self.pooled)
         self.collate = partial(collate_items, batcher=self.llm.batcher)
-        self.optimizer = torch.optim.AdamW(self.llm.adapter.parameters(), lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
 
     def step(self, batch) -> float:
-        return _step(self.llm, [batch], self.optimizer, self.scheduler, self.cfg, self.device,
-                     contextlib.nullcontext(), 1, 1, Path(self.cfg.output))
+        return self.run.step([batch], 1)
 
     def loader(self, num_workers: int) -> tuple[DataLoader, ResumableSampler]:
         sampler = ResumableSampler(self.dataset, 1, 0, self.cfg.seed)

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as serialize
 
 from redvillm.errors import UserError
+from redvillm.journal import append_journal, read_journal
 from redvillm.model_io import ADAPTER_FILE, adapter_file_bytes, adapter_state
 from redvillm.pooling import canonical_pooling
 
@@ -186,6 +187,19 @@ def load(directory: Path, adapter, optimizer, scheduler, fingerprint: dict, devi
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(load_file(path / "rng.safetensors"))
     return Position(**state["position"])
+
+
+def trim_log(path: Path, step: int) -> None:
+    """On resume, drop log records of steps after the checkpoint (they are trained again) and a
+    line torn by a kill mid-write; the file is replaced atomically."""
+    if not path.exists():
+        return
+    kept = [record for record in read_journal(path) if record.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    append_journal(tmp, kept)
+    tmp.touch()
+    os.replace(tmp, path)
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict, list]:

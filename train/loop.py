@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,15 +28,16 @@ from redvillm.batching import context_length
 from redvillm.cache import cache_mismatch, model_identity, open_cache
 from redvillm.data.annotations import read_instructions
 from redvillm.errors import UserError
-from redvillm.journal import append_journal, read_journal
+from redvillm.journal import append_journal
 from redvillm.families.registry import family_for_cache
 from redvillm.model_io import (ADAPTER_FILE, LOG_FILE, SKIPPED_FILE, TRAIN_CONFIG_FILE, VideoModelConfig, adapter_tmp,
                                build_video_llm, has_adapter, save_adapter, write_json)
 from redvillm.train import checkpoint
 from redvillm.train.config import TrainConfig
-from redvillm.train.data import (InstructionDataset, LongRows, ResumableSampler, collate_items, usable, within_context,
-                                 without_bad_videos)
+from redvillm.train.data import (InstructionDataset, LongRows, ResumableSampler, TrainBatch, collate_items, usable,
+                                 within_context, without_bad_videos)
 from redvillm.train.pooled import PooledStore
+from redvillm.video_llm import VideoLLM
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,51 @@ class TrainSummary:
     answers_cut: int = 0  # rows whose answer was cut to fit the context
 
 
+@dataclass
+class TrainSetup:
+    """Everything run_train builds before its first step; bench/train.py times steps built from it."""
+
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    device: torch.device
+    out: Path
+    cache_info: dict
+    family: object  # redvillm.families Family
+    llm: VideoLLM
+    dataset: InstructionDataset
+    sampler: ResumableSampler
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    fingerprint: dict
+    position: checkpoint.Position  # where training starts (after a resumed checkpoint)
+    plan: TrainPlan
+    autocast: contextlib.AbstractContextManager
+    started: float  # time.perf_counter() when setup began
+
+    def step(self, micro_batches: list[TrainBatch], step: int) -> float:
+        """One optimizer step over `micro_batches` (the step number names it in errors)."""
+        return _step(self.llm, micro_batches, self.optimizer, self.scheduler, self.cfg, self.device, self.autocast,
+                     self.info.world_size, step, self.out)
+
+
 def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
               announce: Callable[[TrainPlan], None] | None = None,
               should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
     """Train; resumable with cfg.resume. `should_stop(step)` ends the run early (as a kill would)."""
+    run = setup(cfg)
+    if announce:
+        announce(run.plan)
+    position, losses, stopped = train(run, progress, should_stop)
+    if not stopped:
+        finalize(run, position)
+    first, last = (losses[0], losses[-1]) if losses else (None, None)
+    return TrainSummary(run.out, position.step, first, last, time.perf_counter() - run.started, losses,
+                        len(run.plan.bad_videos), len(run.plan.long_rows.skipped), len(run.plan.long_rows.truncated))
+
+
+def setup(cfg: TrainConfig) -> TrainSetup:
+    """Check the output and the cache, pool, build the model, data loader, optimizer; resume if asked."""
     pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     info = distributed.init_from_env()
@@ -96,26 +137,8 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output)
     _check_output(out, cfg.resume, cfg.overwrite and info.is_main)
-    cache = open_cache(cfg.cache)
-    family = family_for_cache(cfg.model, cfg.revision, cache.info)
-    _check_cache(cache, family, cfg)
-    instructions, missing = usable(read_instructions(cfg.annotations), cache, cfg.annotations, cfg.strict)
-
-    pooled = PooledStore(cache, family.pool, family.name, cfg.pooled_dir)
-    pooled.build({i.video_id for i in instructions}, info.rank, info.world_size)
-    distributed.barrier()  # every rank's pooled files exist before anyone reads them
-    bad = pooled.bad_videos({i.video_id for i in instructions})
-    instructions, bad_rows = without_bad_videos(instructions, bad, cfg.annotations, cfg.strict)
-    skipped = {"bad_videos": [{"video_id": v, "shard": bad[v].shard, "why": bad[v].why, "rows": n}
-                              for v, n in sorted(bad_rows.items())],
-               "rows_without_cached_video": sum(missing.values())}
-
-    llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, device, dtype, cfg.revision, cfg.seed)
-    if cfg.gradient_checkpointing:
-        llm.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if info.world_size > 1:
-        llm.adapter_forward = DistributedDataParallel(llm.adapter, device_ids=[device.index] if device.type == "cuda" else None)
-
+    cache, family, instructions, missing, pooled, bad_videos, skipped = _training_rows(cfg, info)
+    llm = _build_model(cfg, device, dtype, info)
     context = context_length(llm.backbone.config, llm.chat.tokenizer)
     video_tokens = llm.adapter.layout.num_video_tokens(cache.info["num_frames"],
                                                        pooled.get(instructions[0].video_id)[1].shape[0])
@@ -139,70 +162,126 @@ def run_train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None
     if cfg.resume and checkpoint.exists(out):
         position = checkpoint.load(out, llm.adapter, optimizer, scheduler, fingerprint, device)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        with checkpoint.disk_full(out, 2**16):
-            write_json(out / TRAIN_CONFIG_FILE, cfg.to_dict())
-            write_json(out / SKIPPED_FILE, skipped)
-        _trim_log(out / LOG_FILE, position.step)
-    if announce:
-        announce(TrainPlan(len(instructions), len({i.video_id for i in instructions}), sum(missing.values()),
-                           list(missing)[:5], llm.trainable_parameters(), micro, info.world_size, steps_per_epoch,
-                           total_steps, position.step, [bad[v] for v in bad_rows], long_rows, context))
-
-    losses = []
+        _start_output(out, cfg, skipped, position.step)
+    plan = TrainPlan(len(instructions), len({i.video_id for i in instructions}), sum(missing.values()),
+                     list(missing)[:5], llm.trainable_parameters(), micro, info.world_size, steps_per_epoch,
+                     total_steps, position.step, bad_videos, long_rows, context)
     autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32 \
         else contextlib.nullcontext()
-    llm.adapter.train()
-    step_started, samples_seen, tokens_seen = time.perf_counter(), 0, 0  # tokens: text + video, per rank x world
+    return TrainSetup(cfg, info, device, out, cache.info, family, llm, dataset, sampler, loader, optimizer, scheduler,
+                      fingerprint, position, plan, autocast, started)
+
+
+def _training_rows(cfg: TrainConfig, info):
+    """The instructions to train on, their videos' pooled tokens (built here, each rank its share),
+    and what was left out: (cache, family, instructions, missing, pooled, bad videos, skipped record)."""
+    cache = open_cache(cfg.cache)
+    family = family_for_cache(cfg.model, cfg.revision, cache.info)
+    _check_cache(cache, family, cfg)
+    instructions, missing = usable(read_instructions(cfg.annotations), cache, cfg.annotations, cfg.strict)
+    pooled = PooledStore(cache, family.pool, family.name, cfg.pooled_dir)
+    pooled.build({i.video_id for i in instructions}, info.rank, info.world_size)
+    distributed.barrier()  # every rank's pooled files exist before anyone reads them
+    bad = pooled.bad_videos({i.video_id for i in instructions})
+    instructions, bad_rows = without_bad_videos(instructions, bad, cfg.annotations, cfg.strict)
+    skipped = {"bad_videos": [{"video_id": v, "shard": bad[v].shard, "why": bad[v].why, "rows": n}
+                              for v, n in sorted(bad_rows.items())],
+               "rows_without_cached_video": sum(missing.values())}
+    return cache, family, instructions, missing, pooled, [bad[v] for v in bad_rows], skipped
+
+
+def _build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, info) -> VideoLLM:
+    """The frozen backbone with a fresh adapter; the adapter alone wrapped in DDP over several ranks."""
+    llm = build_video_llm(cfg.model, cfg.pooling, cfg.temporal_module, device, dtype, cfg.revision, cfg.seed)
+    if cfg.gradient_checkpointing:
+        llm.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if info.world_size > 1:
+        llm.adapter_forward = DistributedDataParallel(llm.adapter, device_ids=[device.index] if device.type == "cuda" else None)
+    return llm
+
+
+def _start_output(out: Path, cfg: TrainConfig, skipped: dict, step: int) -> None:
+    """The run's config and what it left out, written before the first step; the log cut back to `step`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with checkpoint.disk_full(out, 2**16):
+        write_json(out / TRAIN_CONFIG_FILE, cfg.to_dict())
+        write_json(out / SKIPPED_FILE, skipped)
+    checkpoint.trim_log(out / LOG_FILE, step)
+
+
+def train(run: TrainSetup, progress: Callable[[TrainProgress], None] | None = None,
+          should_stop: Callable[[int], bool] | None = None) -> tuple[checkpoint.Position, list[float], bool]:
+    """The epochs from run.position on: (where training ended, the step losses, stopped early)."""
+    cfg, info, sampler, position, losses = run.cfg, run.info, run.sampler, run.position, []
+    micro = run.plan.micro_batch
+    run.llm.adapter.train()
+    rate = _Rate(info.world_size)
     for epoch in range(position.epoch, cfg.epochs):
         skip = position.step_in_epoch * cfg.grad_accum * micro if epoch == position.epoch else 0
         sampler.set_position(epoch, skip)
-        batches = iter(loader)
+        batches = iter(run.loader)
         step_in_epoch = position.step_in_epoch if epoch == position.epoch else 0
-        while position.step < total_steps:
+        while position.step < run.plan.total_steps:
             micro_batches = list(islice(batches, cfg.grad_accum))
             if not micro_batches:
                 break
-            loss = _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, info.world_size,
-                         position.step + 1, out)
+            loss = run.step(micro_batches, position.step + 1)
             step_in_epoch += 1
             position = checkpoint.Position(position.step + 1, epoch, step_in_epoch)
-            samples_seen += sum(b.batch.input_ids.shape[0] for b in micro_batches) * info.world_size
-            tokens_seen += sum(int(b.batch.attention_mask.sum()) for b in micro_batches) * info.world_size
             losses.append(loss)
-            elapsed = max(time.perf_counter() - step_started, 1e-9)
-            rate, lr = samples_seen / elapsed, scheduler.get_last_lr()[0]
-            if info.is_main and (position.step % cfg.log_every == 0 or position.step == total_steps):
-                record = {"step": position.step, "epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": rate,
-                          "tokens_per_s": tokens_seen / elapsed}
-                with checkpoint.disk_full(out / LOG_FILE, 4096, f"; {checkpoint.kept_line(out)}"):
-                    append_journal(out / LOG_FILE, [record], sync=False)
-            if progress:
-                progress(TrainProgress(position.step, total_steps, epoch, loss, lr, rate))
+            _report(run, position, loss, rate.add(micro_batches), progress)
             stop = should_stop is not None and should_stop(position.step)
             if position.step % cfg.save_every == 0 or stop:
                 if info.is_main:
-                    checkpoint.save(out, llm.adapter, optimizer, scheduler, position, fingerprint)
+                    checkpoint.save(run.out, run.llm.adapter, run.optimizer, run.scheduler, position, run.fingerprint)
                 distributed.barrier()
             if stop:
-                return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started,
-                                    losses, len(bad_rows), len(long_rows.skipped), len(long_rows.truncated))
-        if position.step >= total_steps:
+                return position, losses, True
+        if position.step >= run.plan.total_steps:
             break
         position = checkpoint.Position(position.step, epoch + 1, 0)
+    return position, losses, False
 
-    if info.is_main:
-        checkpoint.save(out, llm.adapter, optimizer, scheduler, position, fingerprint)  # a rerun is a no-op
-        config = VideoModelConfig(cfg.model, family.revision, family.name, cfg.pooling, cfg.temporal_module,
-                                  cache.info["num_frames"], cache.info["num_patches"], cache.info["hidden_size"],
-                                  cfg.seed, extra={"train": cfg.to_dict(), "cache": cache.info})
-        adapter_bytes = sum(v.numel() * v.element_size() for v in llm.adapter.state_dict().values())
+
+class _Rate:
+    """Samples and tokens (text + video) per second since training began, over all ranks."""
+
+    def __init__(self, world_size: int):
+        self.world_size, self.started, self.samples, self.tokens = world_size, time.perf_counter(), 0, 0
+
+    def add(self, micro_batches) -> tuple[float, float]:
+        self.samples += sum(b.batch.input_ids.shape[0] for b in micro_batches) * self.world_size
+        self.tokens += sum(int(b.batch.attention_mask.sum()) for b in micro_batches) * self.world_size
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return self.samples / elapsed, self.tokens / elapsed
+
+
+def _report(run: TrainSetup, position: checkpoint.Position, loss: float, rates: tuple[float, float],
+            progress: Callable[[TrainProgress], None] | None) -> None:
+    """The step's log record (main rank, every log_every steps and the last) and progress callback."""
+    (rate, tokens_rate), lr, out = rates, run.scheduler.get_last_lr()[0], run.out
+    if run.info.is_main and (position.step % run.cfg.log_every == 0 or position.step == run.plan.total_steps):
+        record = {"step": position.step, "epoch": position.epoch, "loss": loss, "lr": lr, "samples_per_s": rate,
+                  "tokens_per_s": tokens_rate}
+        with checkpoint.disk_full(out / LOG_FILE, 4096, f"; {checkpoint.kept_line(out)}"):
+            append_journal(out / LOG_FILE, [record], sync=False)
+    if progress:
+        progress(TrainProgress(position.step, run.plan.total_steps, position.epoch, loss, lr, rate))
+
+
+def finalize(run: TrainSetup, position: checkpoint.Position) -> None:
+    """The last checkpoint (so a rerun is a no-op) and the run's final weights with their config."""
+    cfg, out, info = run.cfg, run.out, run.cache_info
+    if run.info.is_main:
+        checkpoint.save(out, run.llm.adapter, run.optimizer, run.scheduler, position, run.fingerprint)
+        config = VideoModelConfig(cfg.model, run.family.revision, run.family.name, cfg.pooling, cfg.temporal_module,
+                                  info["num_frames"], info["num_patches"], info["hidden_size"],
+                                  cfg.seed, extra={"train": cfg.to_dict(), "cache": info})
+        adapter_bytes = sum(v.numel() * v.element_size() for v in run.llm.adapter.state_dict().values())
         with checkpoint.disk_full(out / ADAPTER_FILE, adapter_bytes, f"; {checkpoint.kept_line(out)}",
                                   cleanup=adapter_tmp(out)):
-            save_adapter(llm, out, config)
+            save_adapter(run.llm, out, config)
     distributed.barrier()
-    return TrainSummary(out, position.step, _first(losses), _last(losses), time.perf_counter() - started, losses,
-                        len(bad_rows), len(long_rows.skipped), len(long_rows.truncated))
 
 
 def _step(llm, micro_batches, optimizer, scheduler, cfg, device, autocast, world_size, step, out) -> float:
@@ -307,25 +386,4 @@ def _fingerprint(cfg: TrainConfig, world_size: int, samples: int) -> dict:
     return {**{k: getattr(cfg, k) for k in keys}, "world_size": world_size, "samples": samples}
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """On resume, drop log records of steps after the checkpoint (they are trained again) and a
-    line torn by a kill mid-write; the file is replaced atomically."""
-    if not path.exists():
-        return
-    kept = [record for record in read_journal(path) if record.get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    append_journal(tmp, kept)
-    tmp.touch()
-    os.replace(tmp, path)
-
-
-def _first(values):
-    return values[0] if values else None
-
-
-def _last(values):
-    return values[-1] if values else None
-
-
-__all__ = ["run_train", "TrainPlan", "TrainProgress", "TrainSummary"]
+__all__ = ["run_train", "setup", "train", "finalize", "TrainSetup", "TrainPlan", "TrainProgress", "TrainSummary"]
