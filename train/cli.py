@@ -27,6 +27,8 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
     task = {}
 
     def announce(plan) -> None:
+        from redvillm.model_io import SKIPPED_FILE  # torch is loaded by now; the CLI's start-up stays light
+
         console.print(f"trainable parameters: {plan.trainable_parameters:,} (projector + temporal module); "
                       f"{plan.instructions} instructions on {plan.videos} videos; micro-batch {plan.micro_batch} x "
                       f"grad-accum {cfg.grad_accum} x world {plan.world_size} = {cfg.batch_size}", highlight=False)
@@ -35,12 +37,12 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
                           f"(first: {', '.join(plan.skipped_examples)})")
         if plan.bad_videos:
             console.print(f"[yellow]skipped {len(plan.bad_videos)} videos with unusable tokens (listed in "
-                          f"{cfg.output}/skipped.json; first: {plan.bad_videos[0]})", highlight=False)
+                          f"{cfg.output}/{SKIPPED_FILE}; first: {plan.bad_videos[0]})", highlight=False)
         for rows, what in ((plan.long_rows.skipped, "left out: the prompt and video tokens alone exceed"),
                            (plan.long_rows.truncated, "answer cut to fit")):
             if rows:
                 console.print(f"[yellow]{len(rows)} rows {what} the backbone's context of {plan.context} tokens "
-                              f"(listed in {cfg.output}/skipped.json; first: {cfg.annotations}: {rows[0]['where']})",
+                              f"(listed in {cfg.output}/{SKIPPED_FILE}; first: {cfg.annotations}: {rows[0]['where']})",
                               highlight=False)
         task["id"] = bar.add_task("train", total=plan.total_steps, completed=plan.start_step, status="")
 
