@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from redvillm.batching import VideoSample  # noqa: E402
 from redvillm.cache import open_cache  # noqa: E402
-from redvillm.data.annotations import read_instructions  # noqa: E402
+from redvillm.train.annotations import read_instructions  # noqa: E402
 from redvillm.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava  # noqa: E402
 from redvillm.extract.config import ExtractConfig  # noqa: E402

@@ -46,7 +46,7 @@ from redvillm.data.tiny_llava import (
     build_processor,
 )
 from redvillm.data.tiny_tokenizer import byte_level_bpe
-from redvillm.families.chat import QUESTION_SLOT, ChatFormat
+from redvillm.chat import QUESTION_SLOT, ChatFormat
 
 RECIPE_FILE = "image_llm_recipe.json"
 ACCURACY_FILE = "image_qa_accuracy.json"

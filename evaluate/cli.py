@@ -59,7 +59,7 @@ def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
     video_name, Q, A, pred; or Q1, Q2, pred1, pred2 for --task co).
     """
     quiet_libraries()
-    from redvillm.evaluate.judging import run_judge
+    from redvillm.evaluate.judge.results import run_judge
     from redvillm.evaluate.report import paper_table, per_type_table, results_table
 
     cfg = config_from(ctx, JudgeConfig, config_file, **flags)

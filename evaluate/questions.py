@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable, Container
 
-from redvillm.data.annotations import ID_EXTENSIONS, strip_extension
+from redvillm.train.annotations import ID_EXTENSIONS, strip_extension
 from redvillm.errors import UserError
 from redvillm.rows import RowError, Rows, keys_of, kind_of, one_line, read_rows
 

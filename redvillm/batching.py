@@ -9,10 +9,53 @@ from dataclasses import dataclass
 
 import torch
 
-from redvillm.families.chat import EncodedChat
-from redvillm.video_llm import VideoBatch, VideoLayout
+from redvillm.chat import EncodedChat
+from redvillm.pooling import canonical_pooling, uses_spatial, uses_temporal
 
 IGNORE = -100
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """Which token sets a pooling mode puts in front of the LLM, in which order."""
+
+    pooling: str
+    suffix_tokens: int = 0  # the backbone's own fixed vectors after the video tokens (LLaVA-OneVision's newline)
+
+    def __post_init__(self):
+        object.__setattr__(self, "pooling", canonical_pooling(self.pooling))
+
+    @property
+    def uses_temporal(self) -> bool:
+        return uses_temporal(self.pooling)
+
+    @property
+    def uses_spatial(self) -> bool:
+        return uses_spatial(self.pooling)
+
+    def num_video_tokens(self, num_frames: int, num_patches: int) -> int:
+        """V: the placeholders one sample needs."""
+        return num_frames * self.uses_temporal + num_patches * self.uses_spatial + self.suffix_tokens
+
+
+@dataclass
+class VideoBatch:
+    """Model inputs for B (video, text) samples; see redvillm.batching.collate."""
+
+    input_ids: torch.Tensor  # (B, L), the placeholder id at every video-token position
+    attention_mask: torch.Tensor  # (B, L)
+    temporal: torch.Tensor | None  # (B, T, D) padded over T
+    temporal_mask: torch.Tensor | None  # (B, T) True for real rows
+    spatial: torch.Tensor | None  # (B, N, D)
+    labels: torch.Tensor | None = None  # (B, L), -100 but on answer tokens
+
+    def pin_memory(self) -> VideoBatch:
+        """Page-locked copies, so that .to(cuda, non_blocking=True) really overlaps (DataLoader calls this)."""
+        return VideoBatch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()})
+
+    def to(self, device: torch.device) -> VideoBatch:
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return VideoBatch(**moved)
 
 
 @dataclass

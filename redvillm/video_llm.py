@@ -7,40 +7,15 @@ K LLM width, L sequence length, V video tokens of one sample (T + N with both po
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from redvillm.families.chat import ChatFormat
-from redvillm.pooling import (  # noqa: F401 (TEMPORAL_MODULES, TemporalModule: re-exported)
-    TEMPORAL_MODULES, Pooling, TemporalModule, canonical_pooling, uses_spatial, uses_temporal,
-)
-
-
-@dataclass(frozen=True)
-class VideoLayout:
-    """Which token sets a pooling mode puts in front of the LLM, in which order."""
-
-    pooling: str
-    suffix_tokens: int = 0  # the backbone's own fixed vectors after the video tokens (LLaVA-OneVision's newline)
-
-    def __post_init__(self):
-        object.__setattr__(self, "pooling", canonical_pooling(self.pooling))
-
-    @property
-    def uses_temporal(self) -> bool:
-        return uses_temporal(self.pooling)
-
-    @property
-    def uses_spatial(self) -> bool:
-        return uses_spatial(self.pooling)
-
-    def num_video_tokens(self, num_frames: int, num_patches: int) -> int:
-        """V: the placeholders one sample needs."""
-        return num_frames * self.uses_temporal + num_patches * self.uses_spatial + self.suffix_tokens
+from redvillm.batching import Batcher, VideoBatch, VideoLayout, pad_id
+from redvillm.chat import ChatFormat
+from redvillm.pooling import TEMPORAL_MODULES, Pooling, TemporalModule, canonical_pooling, uses_temporal
 
 
 class VideoAdapter(nn.Module):
@@ -118,26 +93,6 @@ def _output_width(module: nn.Module) -> int:
     return linears[-1].out_features
 
 
-@dataclass
-class VideoBatch:
-    """Model inputs for B (video, text) samples; see redvillm.batching.collate."""
-
-    input_ids: torch.Tensor  # (B, L), the placeholder id at every video-token position
-    attention_mask: torch.Tensor  # (B, L)
-    temporal: torch.Tensor | None  # (B, T, D) padded over T
-    temporal_mask: torch.Tensor | None  # (B, T) True for real rows
-    spatial: torch.Tensor | None  # (B, N, D)
-    labels: torch.Tensor | None = None  # (B, L), -100 but on answer tokens
-
-    def pin_memory(self) -> VideoBatch:
-        """Page-locked copies, so that .to(cuda, non_blocking=True) really overlaps (DataLoader calls this)."""
-        return VideoBatch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()})
-
-    def to(self, device: torch.device) -> VideoBatch:
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
-        return VideoBatch(**moved)
-
-
 class VideoLLM:
     """A frozen image LLM with a trainable VideoAdapter in front of it."""
 
@@ -157,7 +112,6 @@ class VideoLLM:
     @property
     def batcher(self):
         """This model's redvillm.batching.Batcher (picklable: what DataLoader workers collate with)."""
-        from redvillm.batching import Batcher, pad_id  # batching imports this module
 
         return Batcher(self.adapter.layout, self.chat.placeholder_id, pad_id(self.chat.tokenizer, self.chat.eos_id))
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from redvillm.data.annotations import Instruction, read_instructions
+from redvillm.train.annotations import Instruction, read_instructions
 from redvillm.errors import UserError
 
 

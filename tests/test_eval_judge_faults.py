@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from redvillm.evaluate.cli import main as eval_cli
 from redvillm.evaluate.judge import OpenAICompatibleJudge, build_messages
-from redvillm.evaluate.judging import JudgeConfig, run_judge
+from redvillm.evaluate.judge.results import JudgeConfig, run_judge
 
 KEY = "sk-fault-test-9f8e7d6c5b4a"
 OK = '{"pred": "yes", "score": 4}'

@@ -14,7 +14,7 @@ import pytest
 from official_layout import messages_the_script_sends, write_layout
 from redvillm.errors import UserError
 from redvillm.evaluate.judge import SCRIPTS, VideoChatGPTProtocol, item_fields, load_script
-from redvillm.evaluate.judging import JudgeConfig, run_judge
+from redvillm.evaluate.judge.results import JudgeConfig, run_judge
 
 ODD = [
     {"video_name": "v1", "Q": "  What happens first?  ", "A": "\na man\nenters\n", "pred": " He walks in. "},

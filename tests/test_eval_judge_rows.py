@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from official_layout import messages_the_script_sends, write_layout
 from redvillm.evaluate.cli import main as eval_cli
 from redvillm.evaluate.judge.rows import read_prediction_file
-from redvillm.evaluate.judging import JudgeConfig, run_judge
+from redvillm.evaluate.judge.results import JudgeConfig, run_judge
 from test_eval_judge_faults import Judge
 
 OURS_QA = [

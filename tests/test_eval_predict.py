@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from redvillm.evaluate.judging import JudgeConfig, run_judge
+from redvillm.evaluate.judge.results import JudgeConfig, run_judge
 from redvillm.evaluate.predict import PredictConfig, read_predictions, run_predict
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")

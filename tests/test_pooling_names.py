@@ -9,7 +9,7 @@ from redvillm.model_io import ADAPTER_FILE, CONFIG_FILE, read_model_config
 from redvillm.pooling import POOLINGS, canonical_pooling
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
-from redvillm.video_llm import VideoLayout
+from redvillm.batching import VideoLayout
 
 
 @pytest.mark.parametrize("alias, canonical, tokens", [("temporal", "time-averaged", 49),

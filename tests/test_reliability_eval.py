@@ -205,8 +205,8 @@ def test_sequence_length_is_what_collate_builds(pooling):
     import torch
 
     from redvillm.batching import VideoSample, collate, sequence_length
-    from redvillm.families.chat import EncodedChat
-    from redvillm.video_llm import VideoLayout
+    from redvillm.chat import EncodedChat
+    from redvillm.batching import VideoLayout
 
     layout = VideoLayout(pooling)
     sample = VideoSample(EncodedChat([1, 2, 9, 3], [4, 5], 2), torch.zeros(6, 8), torch.zeros(10, 8))

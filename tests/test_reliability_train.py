@@ -395,7 +395,7 @@ def test_rows_longer_than_the_context_are_left_out_or_cut(small_cache, qa_file, 
 
 def test_fit_to_context_boundaries():
     from redvillm.batching import fit_to_context
-    from redvillm.families.chat import EncodedChat
+    from redvillm.chat import EncodedChat
 
     chat = EncodedChat([1, 2, 99, 3], [4, 5, 6], 2)  # 3 prompt tokens + the placeholder, 3 answer tokens
     assert fit_to_context(chat, video_tokens=10, context=16) is chat  # 13 + 3 = 16: fits exactly

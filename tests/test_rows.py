@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from redvillm.data.annotations import read_instructions
+from redvillm.train.annotations import read_instructions
 from redvillm.errors import UserError
 from redvillm.evaluate.judge.rows import read_prediction_file
 from redvillm.evaluate.questions import read_questions

@@ -11,12 +11,12 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from redvillm.batching import Batcher, VideoSample, fit_to_context
 from redvillm.cache import BadTokens, TokenCache
-from redvillm.data.annotations import Instruction
+from redvillm.train.annotations import Instruction
 from redvillm.errors import UserError
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.rows import first_line_is_object
 from redvillm.train.pooled import PooledStore
-from redvillm.video_llm import VideoBatch
+from redvillm.batching import VideoBatch
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
 from redvillm.batching import context_length
 from redvillm.cache import cache_mismatch, model_identity, open_cache
-from redvillm.data.annotations import read_instructions
+from redvillm.train.annotations import read_instructions
 from redvillm.errors import UserError
 from redvillm.journal import append_journal
 from redvillm.families.registry import family_for_cache

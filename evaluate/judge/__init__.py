@@ -11,8 +11,11 @@ Criteria: "qa" (zero-shot QA: the judge says whether the prediction matches the 
 - ``parsing``: a verdict out of a reply (redvillm's tolerant rule or the original one);
 - ``cache``: every reply on disk, so a rerun re-asks nothing;
 - ``run``: ``judge_all``, bounded retries, per-row time bound, failures counted;
+- ``backends``: who answers: an OpenAI-compatible server or a local transformers model;
 - ``rows``: reading prediction files (ours or the peer's field names, JSONL or a JSON list)
-  and exporting ours in the peer's format.
+  and exporting ours in the peer's format;
+- ``results``: ``run_judge``, a predictions file -> the results JSON (what ``redvillm-eval
+  judge`` runs).
 """
 
 from redvillm.evaluate.judge.cache import VOLATILE_FIELDS, JudgeCache, cache_key, judge_identity
@@ -27,7 +30,7 @@ from redvillm.evaluate.judge.protocols import (
     item_fields,
 )
 from redvillm.evaluate.judge.run import ItemVerdict, JudgeOutcome, JudgeProgress, judge_all
-from redvillm.evaluate.judge_backends import (
+from redvillm.evaluate.judge.backends import (
     JudgeBackend,
     JudgeUnavailable,
     OpenAICompatibleJudge,

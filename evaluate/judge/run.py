@@ -28,7 +28,7 @@ from redvillm.errors import UserError
 from redvillm.evaluate.judge.cache import JudgeCache, cache_key, judge_identity
 from redvillm.evaluate.judge.parsing import parser_for
 from redvillm.evaluate.judge.protocols import RedvillmProtocol, check_criterion, first, item_fields
-from redvillm.evaluate.judge_backends import JudgeBackend, JudgeUnavailable
+from redvillm.evaluate.judge.backends import JudgeBackend, JudgeUnavailable
 
 log = logging.getLogger(__name__)
 Status = Literal["judged", "judge_failed", "no_prediction"]

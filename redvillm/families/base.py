@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 import torch
 
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.frames import FramePreprocess
-from redvillm.video_llm import VideoBatch
+from redvillm.batching import VideoBatch
 
 
 class Family(Protocol):

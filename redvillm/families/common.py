@@ -13,7 +13,7 @@ from transformers import AutoProcessor
 from transformers.utils import cached_file
 
 from redvillm.errors import UserError
-from redvillm.families.chat import QUESTION_SLOT, ChatFormat
+from redvillm.chat import QUESTION_SLOT, ChatFormat
 
 log = logging.getLogger(__name__)
 

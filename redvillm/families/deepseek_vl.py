@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModel, DeepseekVLForConditionalGeneration
 
 from redvillm.errors import UserError
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.families.common import freeze, load_frozen_backbone, load_tower, mean_pool, processor_chat_format
 from redvillm.frames import FramePreprocess
 

@@ -45,7 +45,7 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
 )
 
 from redvillm.errors import UserError
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.families.common import (
     freeze,
     load_frozen_backbone,

@@ -45,7 +45,7 @@ from transformers import AutoModel, AutoProcessor, Gemma3ForConditionalGeneratio
 from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector, Gemma3RMSNorm
 
 from redvillm.errors import UserError
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.families.common import freeze, load_frozen_backbone, load_tower, mean_pool, one_image_messages
 from redvillm.frames import FramePreprocess
 

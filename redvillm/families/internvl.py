@@ -45,7 +45,7 @@ from transformers import (
 from transformers.models.internvl.modeling_internvl import InternVLModel
 
 from redvillm.errors import UserError
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.families.common import (
     freeze,
     load_frozen_backbone,

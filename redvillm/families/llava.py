@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel, LlavaForConditionalGeneration
 
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.families.common import (
     freeze,
     load_frozen_backbone,

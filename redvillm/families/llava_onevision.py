@@ -33,7 +33,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, LlavaOnev
 from transformers.processing_utils import ProcessorMixin
 
 from redvillm.errors import UserError
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.families.common import load_frozen_backbone, load_tower, mean_pool, one_image_messages
 from redvillm.families.llava import LlavaFrameEncoder
 from redvillm.frames import FramePreprocess

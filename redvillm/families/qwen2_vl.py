@@ -41,7 +41,7 @@ from transformers import (
 )
 
 from redvillm.errors import UserError
-from redvillm.families.chat import ChatFormat
+from redvillm.chat import ChatFormat
 from redvillm.families.common import freeze, load_frozen_backbone, load_tower, mean_pool, one_image_messages
 from redvillm.frames import FramePreprocess
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import redvillm
 from redvillm.errors import UserError
 from redvillm.evaluate.config import JudgeConfig
-from redvillm.evaluate.judge import JudgeCache, OpenAICompatibleJudge, TransformersJudge, judge_all
+from redvillm.evaluate.judge.backends import OpenAICompatibleJudge, TransformersJudge
+from redvillm.evaluate.judge.cache import JudgeCache
+from redvillm.evaluate.judge.run import judge_all
 from redvillm.evaluate.judge.official import VideoChatGPTProtocol
 from redvillm.evaluate.judge.protocols import RedvillmProtocol, item_fields
 from redvillm.evaluate.judge.rows import judge_items, metric_records, read_prediction_file
