@@ -1,3 +1,3 @@
-from redvillm.evaluate.cli import main
+from redvillm.entry import evaluate
 
-main()
+evaluate()

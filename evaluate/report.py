@@ -9,7 +9,10 @@ comparable.
 
 from __future__ import annotations
 
-from rich.table import Table
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # rich is the cli extra's: the tables are imported where they are drawn
+    from rich.table import Table
 
 # RED-VILLM paper, Tables 1-2: (accuracy %, score) per zero-shot QA set; 0-5 scores per criterion.
 REFERENCE = {
@@ -55,6 +58,8 @@ def comparability(results: dict, paper_judge: str = "gpt-3.5-turbo") -> dict:
 
 def results_table(results: dict) -> Table:
     """Our row (judge accuracy/score, no-judge metrics), and the paper's rows if comparable."""
+    from rich.table import Table
+
     task, dataset = results["task"], results.get("dataset")
     judge = results.get("judge") or {}
     metrics = results["metrics"]
@@ -96,6 +101,8 @@ def paper_rows(task: str, dataset: str | None) -> list[tuple[str, list[str]]]:
 
 def paper_table(results: dict) -> Table | None:
     """The paper's rows alone, under a heading saying why ours are not comparable; None if they are."""
+    from rich.table import Table
+
     verdict = results.get("comparable_with_paper") or comparability(results)
     rows = paper_rows(results["task"], results.get("dataset"))
     if verdict["comparable"] or not rows:
@@ -111,6 +118,8 @@ def paper_table(results: dict) -> Table | None:
 
 def per_type_table(results: dict) -> Table | None:
     """Accuracy per answer type (ActivityNet-QA): the judge's when there is one, else containment."""
+    from rich.table import Table
+
     judge_types = (results.get("judge") or {}).get("by_type") or {}
     metric_types = results["metrics"].get("per_qtype") or {}
     if not judge_types and not metric_types:

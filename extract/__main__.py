@@ -1,3 +1,3 @@
-from redvillm.extract.cli import main
+from redvillm.entry import extract
 
-main()
+extract()

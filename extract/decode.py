@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from redvillm.extract.videos import not_a_video_file
+from redvillm.extras import require
 from redvillm.frames import FramePreprocess
 
 
@@ -216,6 +217,8 @@ class DecodePool:
                  recycle_after: int = 100, startup_timeout: float = 300.0):
         """timeout: seconds one video may decode (counted from the worker's start of decoding);
         startup_timeout: seconds a (re)spawned worker may take to import its libraries."""
+        # Here, not in the workers: a worker without decord would record every video as failed.
+        require("decord", purpose="decoding videos")
         self.settings, self.timeout, self.recycle_after = settings, timeout, recycle_after
         self.startup_timeout = startup_timeout
         self._ctx = mp.get_context("spawn")  # never fork a parent holding torch threads or CUDA

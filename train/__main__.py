@@ -1,3 +1,3 @@
-from redvillm.train.cli import main
+from redvillm.entry import train
 
-main()
+train()

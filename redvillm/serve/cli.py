@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from redvillm.cli import config_from, friendly_errors, options_from, quiet_libraries
-from redvillm.errors import UserError
+from redvillm.extras import require
 from redvillm.serve.config import ServeConfig
 
 SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -21,11 +21,9 @@ SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 @friendly_errors
 def main(ctx: click.Context, config_file: str | None, **flags) -> None:
     """Serve the trained video LLM in RUN_DIR behind an OpenAI-compatible /v1/chat/completions."""
-    try:
-        import starlette  # noqa: F401
-        import uvicorn
-    except ImportError:
-        raise UserError("redvillm-serve needs the serve extra: pip install 'redvillm[serve]'") from None
+    require("starlette", "uvicorn", purpose="redvillm-serve")
+    import uvicorn
+
     quiet_libraries()
     cfg = config_from(ctx, ServeConfig, config_file, **flags)
     from redvillm.answerer import VideoAnswerer
