@@ -80,6 +80,8 @@ def _print_summary(console: Console, summary) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    if summary.load_line():
+        console.print(summary.load_line(), highlight=False)
     console.print(f"read it with: from redvillm import open_cache; cache = open_cache({str(summary.index)!r})",
                   highlight=False)
     for failure in summary.failures[:20]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -30,8 +29,11 @@ class ExtractConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "Encoder compute dtype (auto: float16/bfloat16 on CUDA, float32 on CPU).")
-    decode_workers: int = setting(2, "Decoder processes running ahead of the encoder.")
-    threads: int | None = setting(None, "Encoder torch threads on CPU (default: the cores the decoders leave).")
+    decode_workers: int | Literal["auto"] = setting(
+        "auto", "Decoder processes running ahead of the encoder (auto: one per usable CPU, less one when the "
+                "encoder is on a GPU).")
+    threads: int | None = setting(None, "Encoder torch threads on CPU (default: before each batch, every core no "
+                                        "decoder is using then).")
     decode_timeout: float = setting(120.0, "Seconds a video may take to decode before it is skipped.")
     recycle_after: int = setting(100, "Replace a decoder process after this many videos.")
     shard_size: str = setting("2GB", "Close a shard once it holds this much.")
@@ -52,8 +54,10 @@ class ExtractConfig:
             raise ValueError(f"image_size must be >= 1, got {self.image_size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.decode_workers < 1:
-            raise ValueError(f"decode_workers must be >= 1, got {self.decode_workers}")
+        if self.decode_workers != "auto" and not (isinstance(self.decode_workers, int) and self.decode_workers >= 1):
+            raise ValueError(f"decode_workers must be 'auto' or an integer >= 1, got {self.decode_workers!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.decode_timeout <= 0:
             raise ValueError(f"decode_timeout must be > 0, got {self.decode_timeout}")
         if (self.num_shards is None) != (self.shard_index is None):
@@ -65,9 +69,6 @@ class ExtractConfig:
     @property
     def shard_bytes(self) -> int:
         return parse_size(self.shard_size)
-
-    def encoder_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) - self.decode_workers)
 
     def to_dict(self) -> dict:
         return asdict(self)

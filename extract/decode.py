@@ -111,7 +111,7 @@ def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict
     return torch.cat(parts).numpy(), meta
 
 
-def _worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool) -> None:
+def _worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool, busy) -> None:
     _exit_with_parent(parent_pid, deathsig)
     import decord  # noqa: F401 - imported before the first video, so its timeout counts decoding only
     import torch
@@ -125,14 +125,17 @@ def _worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, de
         if job is None:
             return
         conn.send(STARTED)
+        busy.value = 1  # read by the parent to give the encoder the cores no decoder uses
         started = time.perf_counter()
         os.ftruncate(2, 0)
         os.lseek(2, 0, os.SEEK_SET)
         try:
             frames, meta = decode_video(job.path, settings)
-            conn.send(DecodeResult(job, frames, meta, seconds=time.perf_counter() - started))
+            result = DecodeResult(job, frames, meta, seconds=time.perf_counter() - started)
         except Exception as err:  # noqa: BLE001 - any decoder error is a per-video failure
-            conn.send(DecodeResult(job, error=explain(err, _native_messages()), seconds=time.perf_counter() - started))
+            result = DecodeResult(job, error=explain(err, _native_messages()), seconds=time.perf_counter() - started)
+        busy.value = 0
+        conn.send(result)
 
 
 def _exit_with_parent(parent_pid: int, deathsig: bool) -> None:
@@ -201,6 +204,7 @@ def _decodable(jobs: Iterable[DecodeJob], rejected: list[DecodeResult]) -> Itera
 class _Worker:
     process: mp.Process
     conn: Connection
+    busy: object  # a shared byte: 1 while the worker decodes
     job: DecodeJob | None = None
     sent: float = 0.0  # when the job went down the pipe
     started: float | None = None  # when the worker began decoding it (its STARTED message)
@@ -223,15 +227,25 @@ class DecodePool:
         self.startup_timeout = startup_timeout
         self._ctx = mp.get_context("spawn")  # never fork a parent holding torch threads or CUDA
         self._workers = [self._spawn() for _ in range(num_workers)]
+        self.decode_seconds = 0.0  # summed over the results: how busy the decoders were
+
+    @property
+    def num_workers(self) -> int:
+        return len(self._workers)
+
+    def decoding_now(self) -> int:
+        """How many workers are decoding at this moment (not idle, not waiting to hand a result over)."""
+        return sum(w.busy.value for w in self._workers if w.job is not None)
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         deathsig = threading.current_thread() is threading.main_thread()
-        process = self._ctx.Process(target=_worker_main, args=(child, self.settings, os.getpid(), deathsig),
+        busy = self._ctx.RawValue("b", 0)
+        process = self._ctx.Process(target=_worker_main, args=(child, self.settings, os.getpid(), deathsig, busy),
                                     daemon=True)
         process.start()
         child.close()
-        return _Worker(process, parent)
+        return _Worker(process, parent, busy)
 
     def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[DecodeResult]:
         rejected: list[DecodeResult] = []  # no regular file (FIFO, folder, dangling link): never sent
@@ -293,6 +307,7 @@ class DecodePool:
             return None
         worker.job, worker.handled = None, worker.handled + 1
         assert result.job == job
+        self.decode_seconds += result.seconds
         return result
 
     def _kill(self, worker: _Worker, reason: str) -> DecodeResult:

@@ -5,6 +5,7 @@ Shape letters: T frames, N patches per frame, D vision width.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from redvillm.memory import pin_mmap_threshold
 from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
+from redvillm.extract.cores import EncoderThreads, auto_decode_workers
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, retry_due
 from redvillm.extract.lock import lock_output
 from redvillm.extract.space import check_space, disk_full, is_disk_full
@@ -55,6 +57,26 @@ class ExtractSummary:
     rank: int = 0
     token_shape: tuple[int, int, int] = (0, 0, 0)  # (T, N, D) of a video with T frames or more
     notes: list[str] = field(default_factory=list)  # what `notify` was told (shards set aside, ...)
+    decode_workers: int = 0
+    decode_seconds: float = 0.0  # summed over decoders: busy share = decode_seconds / (workers x seconds)
+    encode_seconds: float = 0.0  # the encoder's time, from frames in to float16 tokens out
+
+    def busy(self) -> tuple[float, float]:
+        """(decoders, encoder): the share of this run's wall time each side was working."""
+        if self.seconds <= 0:
+            return 0.0, 0.0
+        decoders = self.decode_seconds / (self.decode_workers * self.seconds) if self.decode_workers else 0.0
+        return decoders, self.encode_seconds / self.seconds
+
+    def load_line(self) -> str | None:
+        """Which side limited the run, so the user knows what to scale (None when nothing was decoded)."""
+        if not self.decode_workers:
+            return None
+        decoders, encoder = self.busy()
+        side = ("decoding: more CPUs (--decode-workers) would speed this up" if decoders >= encoder else
+                "the encoder: a faster device or a larger --batch-size would speed this up")
+        return (f"decoders busy {decoders:.0%} of the time ({self.decode_workers} processes), encoder {encoder:.0%}; "
+                f"the limit was {side}")
 
 
 def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None,
@@ -80,8 +102,6 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
                     started: float) -> ExtractSummary:
     device = distributed.resolve_device(cfg.device, dist_info)
     dtype = distributed.resolve_dtype(cfg.dtype, device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.encoder_threads())  # leave the decoders their cores
     family = load_family(cfg.model, cfg.revision, cfg.image_size)
     encoder = family.load_frame_encoder(device, dtype)
     preprocess = family.frame_preprocess()
@@ -108,14 +128,19 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
     settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
     writer = store.shard_writer(rank, cfg.shard_bytes)
     jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
-    workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
+    wanted = auto_decode_workers(device) if cfg.decode_workers == "auto" else cfg.decode_workers
+    workers = summary.decode_workers = min(wanted, len(todo))  # none at all when everything is cached
     try:
         with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
+            threads = EncoderThreads(pool.decoding_now, cfg.threads) if device.type == "cpu" else None
+            encode = functools.partial(encode_frames, encoder, batch_size=cfg.batch_size, device=device, dtype=dtype,
+                                       preprocess=preprocess, before_batch=threads and threads.before_batch)
             for i, result in enumerate(pool.imap(jobs), 1):
-                _handle(result, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess)
+                _handle(result, encode, cfg, store, writer, summary, dist_info)
                 if progress:
                     progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures),
                                              result.job.video_id))
+            summary.decode_seconds = pool.decode_seconds
         if writer.close_shard() is not None:
             log.debug("closed the last shard of rank %d", rank)
         distributed.barrier()  # every rank's shards are complete before the index is built
@@ -158,11 +183,14 @@ def _partition(cfg: ExtractConfig, dist_info) -> tuple[int, int]:
     return dist_info.rank, dist_info.world_size
 
 
-def _handle(result: DecodeResult, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess):
+def _handle(result: DecodeResult, encode: Callable[[torch.Tensor], np.ndarray], cfg, store, writer, summary,
+            dist_info) -> None:
     job = result.job
     if result.error is not None:
         return _fail(job, result.error, store, summary)
-    tokens = encode_frames(encoder, torch.from_numpy(result.frames), cfg.batch_size, device, dtype, preprocess)
+    began = time.perf_counter()
+    tokens = encode(torch.from_numpy(result.frames))
+    summary.encode_seconds += time.perf_counter() - began
     attrs = dict(result.meta, path=str(job.path))
     try:
         completed = writer.add(job.video_id, tokens, attrs)
@@ -182,13 +210,17 @@ def _fail(job: DecodeJob, reason: str, store: CacheStore, summary: ExtractSummar
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  preprocess) -> np.ndarray:
-    """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward."""
+                  preprocess, before_batch: Callable[[], None] | None = None) -> np.ndarray:
+    """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward.
+
+    `before_batch` runs before each forward (EncoderThreads: the CPU threads follow the decoders)."""
     from redvillm.frames import normalize
 
     parts = []
     with torch.inference_mode():
         for start in range(0, frames.shape[0], batch_size):
+            if before_batch is not None:
+                before_batch()
             batch = frames[start : start + batch_size].to(device, non_blocking=True)
             pixel_values = normalize(batch, preprocess, dtype)  # (b, 3, h, w)
             parts.append(encoder(pixel_values).to("cpu", torch.float16))  # (b, N, D)

@@ -4,8 +4,9 @@ one-line errors, logging quietness.
 The typed config is the CLI: `options_from(Config)` makes one click option per dataclass field.
 The field's name gives the flag (underscores become dashes), its type the click type (bool: a
 flag, `--name/--no-name` when it defaults to True; Literal: a choice; int, float, str; `X | None`
-is optional X), its default the default (no default: required). Its metadata may add
-`help` (the --help text) and `path: True` (shown as PATH). Every command also gets `--config FILE`.
+is optional X; `int | Literal[...]`: a number or one of the words), its default the default (no
+default: required). Its metadata may add `help` (the --help text) and `path: True` (shown as
+PATH). Every command also gets `--config FILE`.
 
 Precedence: dataclass defaults, then an optional --config file (JSON or TOML), then the flags
 given on the command line.
@@ -62,9 +63,29 @@ def _option(f: dataclasses.Field, kind):
     return click.option(flag, f.name, type=kind, default=f.default, **extra)
 
 
+class IntOrChoice(click.ParamType):
+    """`int | Literal[...]`: a whole number or one of the words (e.g. `--decode-workers auto`)."""
+
+    def __init__(self, words: tuple[str, ...]):
+        self.words = words
+        self.name = "|".join(("INTEGER", *words))
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value in self.words:
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number or one of {', '.join(self.words)}", param, ctx)
+
+
 def _click_type(f: dataclasses.Field, hint):
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        literals = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
+        if int in args and literals:
+            return IntOrChoice(tuple(str(w) for lit in literals for w in typing.get_args(lit)))
+        hint = args[0]
     if typing.get_origin(hint) is typing.Literal:
         return click.Choice([str(choice) for choice in typing.get_args(hint)])
     if f.metadata.get("path"):

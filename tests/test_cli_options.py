@@ -77,7 +77,8 @@ def test_generated_options_agree_with_the_dataclass(name):
             assert type(param.default) is type(f.default), f.name
         assert param.help == f.metadata.get("help"), f.name
         choices = _literal_choices(hints[f.name])
-        assert (list(param.type.choices) if isinstance(param.type, click.Choice) else None) == choices, f.name
+        words = getattr(param.type, "choices", None) or getattr(param.type, "words", None)  # Choice, IntOrChoice
+        assert (list(words) if words else None) == choices, f.name
     flags = [opt for p in command.params if isinstance(p, click.Option) for opt in (*p.opts, *p.secondary_opts)]
     assert flags == FLAGS[name].split()
 
@@ -139,3 +140,28 @@ def test_unknown_key_in_a_config_file_is_one_line(tmp_path, captured, suffix, te
     assert len(lines) == 1, lines
     assert str(path) in lines[0] and "epoch" in lines[0] and lines[0].startswith("error: ")
     assert not captured
+
+
+@pytest.mark.parametrize("given, expected", [(None, "auto"), ("auto", "auto"), ("3", 3)])
+def test_decode_workers_takes_auto_or_a_number(monkeypatch, given, expected):
+    seen = []
+    import redvillm.extract.pipeline
+
+    def fake_run_extract(cfg, *args):
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(redvillm.extract.pipeline, "run_extract", fake_run_extract)
+    flags = [] if given is None else ["--decode-workers", given]
+    result = CliRunner().invoke(extract_main, ["videos", "out.h5", *flags])
+    assert result.exit_code == 0, result.output
+    assert seen[-1].decode_workers == expected
+
+
+@pytest.mark.parametrize("given", ["many", "0", "-2"])
+def test_decode_workers_refuses_other_words_and_numbers_below_one(monkeypatch, given):
+    import redvillm.extract.pipeline
+
+    monkeypatch.setattr(redvillm.extract.pipeline, "run_extract", lambda *a, **k: pytest.fail("ran"))
+    result = CliRunner().invoke(extract_main, ["videos", "out.h5", "--decode-workers", given])
+    assert result.exit_code == 2 and "decode" in result.output.lower(), result.output
