@@ -16,7 +16,7 @@ from redvillm.data.tiny_image_llm import (
     train_image_llm,
 )
 from redvillm.families.registry import load_family
-from redvillm.train.miniature import MiniatureConfig, run_miniature
+from redvillm.experiments.miniature import MiniatureConfig, run_miniature
 
 
 def test_image_qa_is_reproducible_balanced_and_bilingual():
@@ -76,7 +76,7 @@ def test_miniature_runner_writes_tables(tmp_path, monkeypatch):
 def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
     """An oracle scorer (log-probability 0 for a video's true answer, -10 for its twin's) must give
     accuracy 1 on every task; a scorer that picked the less likely answer would give 0."""
-    import redvillm.train.miniature as miniature
+    import redvillm.experiments.miniature as miniature
     from redvillm.cache import open_cache
     from redvillm.video_llm import VideoLLM
 

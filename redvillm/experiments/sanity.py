@@ -1,6 +1,6 @@
 """The temporal sanity benchmark: the paper's claim in miniature, on synthetic videos.
 
-    python -m redvillm.train.sanity OUT_DIR [--task order] [--seeds 0,1,2] [--steps 2000]
+    python -m redvillm.experiments.sanity OUT_DIR [--task order] [--seeds 0,1,2] [--steps 2000]
 
 Order-of-events questions cannot be answered from time-averaged tokens (pooling "time-averaged"):
 the synthetic videos' twins make every bag-of-frames feature identical across opposite labels.
@@ -30,7 +30,7 @@ from redvillm.extract.pipeline import run_extract
 from redvillm.model_io import has_adapter
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
-from redvillm.train.miniature import forced_choice_by_task
+from redvillm.experiments.miniature import forced_choice_by_task
 from redvillm.pooling import canonical_pooling
 
 
@@ -112,7 +112,7 @@ def write_results(out: Path, result: SanityResult) -> None:
 
 def main(argv=None) -> None:
     defaults = SanityConfig("")
-    parser = argparse.ArgumentParser(prog="python -m redvillm.train.sanity", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m redvillm.experiments.sanity", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--task", default=defaults.task, choices=["order", "direction", "color_change", "count"])
     parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)))

@@ -1,6 +1,6 @@
 """The paper in miniature: Tables 3-5 of RED-VILLM on our own tiny image LLM and synthetic videos.
 
-    python -m redvillm.train.miniature OUT_DIR [--seeds 0,1,2] [--image-llm DIR]
+    python -m redvillm.experiments.miniature OUT_DIR [--seeds 0,1,2] [--image-llm DIR]
 
 The image LLM (redvillm.data.tiny_image_llm) learned shapes, colours, places and counts from
 still images only. Here it stays frozen, as LLaVA does in the paper, and redvillm trains only
@@ -250,7 +250,7 @@ def write_results(out: Path, result: MiniatureResult) -> None:
 
 def main(argv=None) -> None:
     defaults = MiniatureConfig("")
-    parser = argparse.ArgumentParser(prog="python -m redvillm.train.miniature", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m redvillm.experiments.miniature", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--image-llm", default=None, help="Trained tiny image LLM (default: the shipped one).")
     parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)))
