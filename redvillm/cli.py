@@ -4,12 +4,17 @@ one-line errors, logging quietness.
 The typed config is the CLI: `options_from(Config)` makes one click option per dataclass field.
 The field's name gives the flag (underscores become dashes), its type the click type (bool: a
 flag, `--name/--no-name` when it defaults to True; Literal: a choice; int, float, str; `X | None`
-is optional X; `int | Literal[...]`: a number or one of the words), its default the default (no
-default: required). Its metadata may add `help` (the --help text) and `path: True` (shown as
-PATH). Every command also gets `--config FILE`.
+is optional X; `int | Literal[...]`: a number or one of the words; `tuple[X, ...]`: X values
+typed comma-separated, '' for none), its default the default (no default: required). Its metadata
+may add `help` (the --help text), `path: True` (shown as PATH) and `parse` (the value is typed as
+text and parsed: `setting(parse=...)`). Every command also gets `--config FILE`.
 
 Precedence: dataclass defaults, then an optional --config file (JSON or TOML), then the flags
-given on the command line.
+given on the command line. A file's list and parsed settings go through the same conversion as
+the flags (a list or the comma-separated text; the text to parse).
+
+`OneLineErrors` is the command class whose usage errors (an unknown flag, a bad value) are one
+line and exit code 2, like the library's errors under `friendly_errors`.
 """
 
 from __future__ import annotations
@@ -60,7 +65,43 @@ def _option(f: dataclasses.Field, kind):
         if f.default:
             return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=True, **extra)
         return click.option(flag, f.name, is_flag=True, default=False, **extra)
-    return click.option(flag, f.name, type=kind, default=f.default, **extra)
+    # Lists and parsed settings get their default as the user would type it (--help shows it so);
+    # their click type converts it to the field's default.
+    default = ",".join(map(str, f.default)) if isinstance(kind, CommaList) else f.metadata.get("text", f.default)
+    return click.option(flag, f.name, type=kind, default=default, **extra)
+
+
+class CommaList(click.ParamType):
+    """A `tuple[X, ...]` setting: 'a,b,c' (spaces around items ignored, '' is the empty tuple) or a
+    list (from a config file, or the field's default) -> a tuple of X."""
+
+    def __init__(self, item: click.ParamType):
+        self.item = item
+        self.name = f"{item.name},..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        elif not isinstance(value, (list, tuple)):
+            self.fail(f"expected a comma-separated list, got {value!r}", param, ctx)
+        return tuple(self.item.convert(item, param, ctx) for item in value)
+
+
+class Parsed(click.ParamType):
+    """A setting typed as text that the field's `parse` turns into its value (ValueError: a usage error)."""
+
+    name = "text"
+
+    def __init__(self, parse):
+        self.parse = parse
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value  # parsed already: the dataclass checks it
+        try:
+            return self.parse(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
 
 
 class IntOrChoice(click.ParamType):
@@ -80,12 +121,19 @@ class IntOrChoice(click.ParamType):
 
 
 def _click_type(f: dataclasses.Field, hint):
+    if f.metadata.get("parse"):
+        return Parsed(f.metadata["parse"])
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         literals = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
         if int in args and literals:
             return IntOrChoice(tuple(str(w) for lit in literals for w in typing.get_args(lit)))
         hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        item, *rest = typing.get_args(hint)
+        if rest != [Ellipsis]:
+            raise TypeError(f"{f.name}: only tuple[X, ...] has a click type, not {hint!r}")
+        return CommaList(_click_type(f, item))
     if typing.get_origin(hint) is typing.Literal:
         return click.Choice([str(choice) for choice in typing.get_args(hint)])
     if f.metadata.get("path"):
@@ -103,6 +151,7 @@ def config_from(ctx: click.Context, cls, config_file: str | None, **flags):
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"{config_file}: unknown setting(s) {', '.join(unknown)}")
+    _convert_file_values(ctx, values, config_file)
     for name, value in flags.items():
         source = ctx.get_parameter_source(name)
         if name not in values or source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
@@ -111,6 +160,16 @@ def config_from(ctx: click.Context, cls, config_file: str | None, **flags):
         return cls(**values)
     except (TypeError, ValueError) as err:
         raise UserError(str(err)) from None
+
+
+def _convert_file_values(ctx: click.Context, values: dict, config_file: str | None) -> None:
+    """A file's list and parsed settings, converted as the same text typed as a flag would be."""
+    for param in ctx.command.params:
+        if param.name in values and isinstance(param.type, (CommaList, Parsed)):
+            try:
+                values[param.name] = param.type.convert(values[param.name], param, ctx)
+            except click.BadParameter as err:
+                raise UserError(f"{config_file}: {param.name}: {err.message}") from None
 
 
 def _read_config_file(path: str) -> dict:
@@ -123,6 +182,24 @@ def _read_config_file(path: str) -> dict:
         return json.loads(text)
     except ValueError as err:
         raise UserError(f"{path}: cannot parse config file ({err})") from None
+
+
+class OneLineErrors(click.Command):
+    """A click command whose usage errors (unknown flag, bad or missing value) are one line on stderr,
+    exit code 2, naming --help instead of printing the usage."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            raise _OneLineUsageError(f"{err.format_message()} (see {info_name} --help)") from None
+
+
+class _OneLineUsageError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.secho(f"error: {self.format_message()}", fg="red", err=True)
 
 
 def friendly_errors(fn):

@@ -16,7 +16,8 @@ from redvillm.data.tiny_image_llm import (
     train_image_llm,
 )
 from redvillm.families.registry import load_family
-from redvillm.train.miniature import MiniatureConfig, run_miniature
+from redvillm.experiments.config import MiniatureConfig
+from redvillm.experiments.miniature import run_miniature
 
 
 def test_image_qa_is_reproducible_balanced_and_bilingual():
@@ -76,8 +77,8 @@ def test_miniature_runner_writes_tables(tmp_path, monkeypatch):
 def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
     """An oracle scorer (log-probability 0 for a video's true answer, -10 for its twin's) must give
     accuracy 1 on every task; a scorer that picked the less likely answer would give 0."""
-    import redvillm.train.miniature as miniature
     from redvillm.cache import open_cache
+    from redvillm.evaluate.forced_choice import forced_choice_by_task
     from redvillm.video_llm import VideoLLM
 
     run = next(p for p in (out / "runs").iterdir() if p.name.startswith("both-copy-n4"))
@@ -102,5 +103,5 @@ def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
 
     monkeypatch.setattr(VideoLLM, "batch", recording_batch)
     monkeypatch.setattr(VideoLLM, "answer_logprobs", oracle)
-    accuracy = miniature.forced_choice_by_task(run, out / "test.h5", out / "test")
+    accuracy = forced_choice_by_task(run, out / "test.h5", out / "test")
     assert accuracy == {"colour": 1.0, "order": 1.0}

@@ -7,7 +7,8 @@ from the temporal tokens. The substrate is the random-weight replica (the floor 
 
 import pytest
 
-from redvillm.train.sanity import SanityConfig, run_sanity
+from redvillm.experiments.config import SanityConfig
+from redvillm.experiments.sanity import run_sanity
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The paper in miniature: Tables 3-5 of RED-VILLM on our own tiny image LLM and synthetic videos.
 
-    python -m redvillm.train.miniature OUT_DIR [--seeds 0,1,2] [--image-llm DIR]
+    python -m redvillm.experiments.miniature OUT_DIR [--seeds 0,1,2] [--image-llm DIR]
 
 The image LLM (redvillm.data.tiny_image_llm) learned shapes, colours, places and counts from
 still images only. Here it stays frozen, as LLaVA does in the paper, and redvillm trains only
@@ -16,15 +16,15 @@ configuration and seed, all tasks in one instruction set), then answers held-out
 
 Tasks: `colour` (a control answerable from any frame) and the temporal ones `order`,
 `direction`, `color_change`, `count`, whose twins make time-averaged tokens useless (data/synthetic.py).
-Accuracy is a two-way forced choice on held-out videos: the model scores its own answer and its
-twin's; chance is 0.5. Cells are mean +- standard deviation over seeds. Everything (videos,
+Accuracy is a two-way forced choice on held-out videos (redvillm.evaluate.forced_choice): the
+model scores its own answer and its twin's; chance is 0.5. Cells are mean +- standard deviation over seeds. Everything (videos,
 caches, runs) lands in OUT_DIR; a rerun reuses what is finished. Results: OUT_DIR/results.json
-and OUT_DIR/results.md.
+and OUT_DIR/results.md. Settings: MiniatureConfig (experiments/config.py); the command line is
+experiments/cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
@@ -32,74 +32,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from redvillm.batching import VideoSample
-from redvillm.cache import open_cache
-from redvillm.data.synthetic import (
-    CONTROL_TASKS,
-    TEMPORAL_TASKS,
-    SyntheticConfig,
-    answer_with_label_word,
-    generate,
-)
+from redvillm.data.synthetic import CONTROL_TASKS, TEMPORAL_TASKS, SyntheticConfig, answer_with_label_word, generate
 from redvillm.data.tiny_image_llm import shipped_image_llm
+from redvillm.evaluate.forced_choice import forced_choice_by_task
+from redvillm.experiments.config import CONFIGURATIONS, PAPER, TABLES, MiniatureConfig
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
-from redvillm.families.registry import family_for_cache
-from redvillm.model_io import has_adapter, load_model
+from redvillm.model_io import has_adapter
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
-
-# name -> (pooling, temporal module); the rows of the paper's tables.
-CONFIGURATIONS = {
-    "both, copy (RED-VILLM)": ("both", "copy"),
-    "temporal-only (time-averaged)": ("time-averaged", "copy"),
-    "spatial-only (frame-averaged)": ("frame-averaged", "copy"),
-    "both, none (Video-ChatGPT)": ("both", "none"),
-    "both, copy + MLP": ("both", "copy+mlp"),
-    "both, random init": ("both", "random"),
-}
-TABLES = {
-    "Table 3: pooling": ["both, copy (RED-VILLM)", "temporal-only (time-averaged)", "spatial-only (frame-averaged)"],
-    "Table 4: temporal module vs one shared projector": ["both, copy (RED-VILLM)", "both, none (Video-ChatGPT)"],
-    "Table 5: temporal module vs an extra random MLP": ["both, copy (RED-VILLM)", "both, copy + MLP"],
-    "Extra: copy-initialised vs random temporal module": ["both, copy (RED-VILLM)", "both, random init"],
-}
-PAPER = "both, copy (RED-VILLM)"
-GROUPS = {"table3": TABLES["Table 3: pooling"], "table4": TABLES["Table 4: temporal module vs one shared projector"],
-          "table5": TABLES["Table 5: temporal module vs an extra random MLP"],
-          "extra": TABLES["Extra: copy-initialised vs random temporal module"], "all": list(CONFIGURATIONS)}
-
-
-def select_configurations(text: str) -> tuple[str, ...]:
-    """'table3,table4' or 'all' or full names separated by ';' -> configuration names, in table order."""
-    if ";" in text or text in CONFIGURATIONS:
-        names = [n.strip() for n in text.split(";") if n.strip()]
-    else:
-        names = [n.strip() for group in text.split(",") for n in GROUPS.get(group.strip(), [group.strip()])]
-    unknown = [n for n in names if n not in CONFIGURATIONS]
-    if unknown:
-        raise ValueError(f"unknown configuration {unknown[0]!r}; groups: {', '.join(GROUPS)}; "
-                         f"names: {'; '.join(CONFIGURATIONS)}")
-    return tuple(n for n in CONFIGURATIONS if n in names)
-
-
-@dataclass
-class MiniatureConfig:
-    out_dir: str
-    image_llm: str | None = None  # trained tiny image LLM; None: the shipped one (data/assets)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    tasks: tuple[str, ...] = CONTROL_TASKS + TEMPORAL_TASKS
-    configurations: tuple[str, ...] = tuple(CONFIGURATIONS)
-    train_videos: int = 64  # per task
-    test_videos: int = 50  # per task
-    curve: tuple[int, ...] = (8, 24)  # fewer training videos per task, paper configuration only
-    num_frames: int = 16  # T
-    size: int = 64  # frame side in pixels (the image LLM's input size: no resize)
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 3e-3  # the adapter's lr; the tiny frozen LLM needs more than the paper's 2e-5
 
 
 @dataclass
@@ -170,36 +111,6 @@ def _recipe_tag(cfg: MiniatureConfig) -> str:
     return hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:8]
 
 
-@torch.no_grad()
-def forced_choice_by_task(run_dir: Path, cache_path: Path, split_dir: Path, batch: int = 32) -> dict[str, float]:
-    """Per task: share of videos whose own answer scores higher than its twin's."""
-    model = load_model(run_dir)
-    cache = open_cache(cache_path)
-    family = family_for_cache(model.config.model, model.config.revision, cache.info)
-    qa = {row["video_id"]: row for row in json.loads((split_dir / "qa.json").read_text())}
-    labels = json.loads((split_dir / "labels.json").read_text())
-    twin = {row["video_id"]: row["twin_id"] for row in labels}
-    task_of = {row["video_id"]: row["task"] for row in labels}
-    videos = sorted(qa)
-    wins: dict[str, list[bool]] = {}
-    for start in range(0, len(videos), batch):
-        chunk = videos[start : start + batch]
-        samples = []
-        for video_id in chunk:
-            temporal, spatial = family.pool(torch.from_numpy(cache[video_id]))
-            for answer in (qa[video_id]["a"], qa[twin[video_id]]["a"]):
-                samples.append(VideoSample(model.chat.encode(qa[video_id]["q"], answer), temporal, spatial))
-        scores = model.answer_logprobs(model.batch(samples)).view(-1, 2)
-        for video_id, (own, other) in zip(chunk, scores.tolist()):
-            wins.setdefault(task_of[video_id], []).append(own > other)
-    return {task: sum(w) / len(w) for task, w in sorted(wins.items(), key=lambda kv: _task_order(kv[0]))}
-
-
-def _task_order(task: str) -> int:
-    order = CONTROL_TASKS + TEMPORAL_TASKS
-    return order.index(task) if task in order else len(order)
-
-
 def _cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"  # one seed: no spread to show
@@ -248,38 +159,7 @@ def write_results(out: Path, result: MiniatureResult) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv=None) -> None:
-    defaults = MiniatureConfig("")
-    parser = argparse.ArgumentParser(prog="python -m redvillm.train.miniature", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--image-llm", default=None, help="Trained tiny image LLM (default: the shipped one).")
-    parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)))
-    parser.add_argument("--tasks", default=",".join(defaults.tasks))
-    parser.add_argument("--configurations", default="all",
-                        help="Groups table3,table4,table5,extra or all; or full names separated by ';'.")
-    parser.add_argument("--curve", default=",".join(map(str, defaults.curve)), help="'' for none.")
-    for name in ("train_videos", "test_videos", "num_frames", "size", "steps", "batch_size"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    args = vars(parser.parse_args(argv))
-    args["seeds"] = tuple(int(s) for s in args["seeds"].split(","))
-    args["tasks"] = tuple(args["tasks"].split(","))
-    args["curve"] = tuple(int(s) for s in args["curve"].split(",") if s)
-    try:
-        args["configurations"] = select_configurations(args["configurations"])
-    except ValueError as err:
-        parser.error(str(err))
-
-    from redvillm.cli import friendly_errors, quiet_libraries  # the library itself never imports click
-
-    quiet_libraries()
-    friendly_errors(_run_and_print)(MiniatureConfig(**args))
-
-
-def _run_and_print(cfg: MiniatureConfig) -> None:
-    run_miniature(cfg)
-    print((Path(cfg.out_dir) / "results.md").read_text())
-
-
 if __name__ == "__main__":
-    main()
+    from redvillm.experiments.cli import miniature  # the library itself never imports click
+
+    miniature(prog_name="python -m redvillm.experiments.miniature")

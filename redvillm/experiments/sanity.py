@@ -1,6 +1,6 @@
 """The temporal sanity benchmark: the paper's claim in miniature, on synthetic videos.
 
-    python -m redvillm.train.sanity OUT_DIR [--task order] [--seeds 0,1,2] [--steps 2000]
+    python -m redvillm.experiments.sanity OUT_DIR [--task order] [--seeds 0,1,2] [--steps 2000]
 
 Order-of-events questions cannot be answered from time-averaged tokens (pooling "time-averaged"):
 the synthetic videos' twins make every bag-of-frames feature identical across opposite labels.
@@ -10,12 +10,13 @@ Accuracy is a two-way forced choice on held-out videos: the model scores its own
 sentence and its twin's (the opposite label, same question) and picks the likelier one; chance
 is 50%. The substrate is the tiny *random-weight* replica (frozen random ViT and LLM): a hard
 one (docs/tiny-models.md says why); the trained miniature image LLM is the real test.
-Results go to OUT_DIR/results.json and OUT_DIR/results.md.
+Results go to OUT_DIR/results.json and OUT_DIR/results.md. Settings: SanityConfig
+(experiments/config.py); the command line is experiments/cli.py; the scoring is
+redvillm.evaluate.forced_choice.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
@@ -25,32 +26,13 @@ from pathlib import Path
 
 from redvillm.data.synthetic import SyntheticConfig, answer_with_label_word, generate
 from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
+from redvillm.evaluate.forced_choice import forced_choice_by_task
+from redvillm.experiments.config import SanityConfig
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.pipeline import run_extract
 from redvillm.model_io import has_adapter
 from redvillm.train.config import TrainConfig
 from redvillm.train.loop import run_train
-from redvillm.train.miniature import forced_choice_by_task
-from redvillm.pooling import canonical_pooling
-
-
-@dataclass
-class SanityConfig:
-    out_dir: str
-    task: str = "order"  # order | direction | color_change | count
-    seeds: tuple[int, ...] = (0, 1, 2)
-    poolings: tuple[str, ...] = ("both", "time-averaged")  # aliases (temporal, spatial) are accepted
-    train_videos: int = 400
-    test_videos: int = 100
-    num_frames: int = 16  # T
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 1e-2  # a random frozen LLM needs a large step; the paper's 2e-5 is for a real LLaVA
-    max_grad_norm: float = 0.0  # no clipping: measured to slow the random substrate down
-    answer_form: str = "word"  # "word": answer with the label word alone; "sentence": the generator's sentence
-
-    def __post_init__(self):
-        self.poolings = tuple(canonical_pooling(p) for p in self.poolings)  # results are keyed by canonical names
 
 
 @dataclass
@@ -110,36 +92,7 @@ def write_results(out: Path, result: SanityResult) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv=None) -> None:
-    defaults = SanityConfig("")
-    parser = argparse.ArgumentParser(prog="python -m redvillm.train.sanity", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--task", default=defaults.task, choices=["order", "direction", "color_change", "count"])
-    parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)))
-    parser.add_argument("--poolings", default=",".join(defaults.poolings))
-    for name in ("train_videos", "test_videos", "num_frames", "steps", "batch_size"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm)
-    parser.add_argument("--answer-form", choices=["word", "sentence"], default=defaults.answer_form)
-    args = vars(parser.parse_args(argv))
-    args["seeds"] = tuple(int(s) for s in args["seeds"].split(","))
-    args["poolings"] = tuple(args["poolings"].split(","))
-
-    from redvillm.cli import (  # the library itself never imports click
-        friendly_errors,
-        quiet_libraries,
-    )
-
-    quiet_libraries()
-    friendly_errors(_run_and_print)(SanityConfig(**args))
-
-
-def _run_and_print(cfg: SanityConfig) -> None:
-    result = run_sanity(cfg)
-    print((Path(cfg.out_dir) / "results.md").read_text())
-    print(f"{result.seconds:.0f} s")
-
-
 if __name__ == "__main__":
-    main()
+    from redvillm.experiments.cli import sanity  # the library itself never imports click
+
+    sanity(prog_name="python -m redvillm.experiments.sanity")
