@@ -3,9 +3,11 @@ one-line errors, logging quietness.
 
 The typed config is the CLI: `options_from(Config)` makes one click option per dataclass field.
 The field's name gives the flag (underscores become dashes), its type the click type (bool: a
-flag, `--name/--no-name` when it defaults to True; Literal: a choice; int, float, str; `X | None`
-is optional X), its default the default (no default: required). Its metadata may add
-`help` (the --help text) and `path: True` (shown as PATH). Every command also gets `--config FILE`.
+flag, `--name/--no-name` when it defaults to True; Literal: a choice; int, float, str;
+`tuple[str, ...]`: one comma-separated word list, "order,direction"; `X | None` is optional X), its
+default the default (no default: required). Its metadata may add `help` (the --help text) and
+`path: True` (shown as PATH). `only` keeps the flags to the fields it names (the others keep their
+defaults, and a --config file may still set them). Every command also gets `--config FILE`.
 
 Precedence: dataclass defaults, then an optional --config file (JSON or TOML), then the flags
 given on the command line.
@@ -32,11 +34,14 @@ from redvillm.errors import UserError
 CONFIG_HELP = "JSON/TOML file of settings; flags on the command line win."
 
 
-def options_from(cls, positional: tuple[str, ...] = ()):
-    """Decorator: click arguments (the `positional` fields) and options (the rest) for `cls`, plus --config."""
+def options_from(cls, positional: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+    """Decorator: click arguments (the `positional` fields) and options (the rest, or those in `only`) for
+    `cls`, plus --config."""
     hints = typing.get_type_hints(cls)
     params = []
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only and f.name not in positional:
+            continue
         kind = _click_type(f, hints[f.name])
         params.append(click.argument(f.name, type=kind) if f.name in positional else _option(f, kind))
     params.append(click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -59,7 +64,20 @@ def _option(f: dataclasses.Field, kind):
         if f.default:
             return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=True, **extra)
         return click.option(flag, f.name, is_flag=True, default=False, **extra)
+    if isinstance(kind, WordList):
+        return click.option(flag, f.name, type=kind, default=",".join(f.default), **extra)
     return click.option(flag, f.name, type=kind, default=f.default, **extra)
+
+
+class WordList(click.ParamType):
+    """A `tuple[str, ...]` setting on the command line: comma-separated words ("order,direction")."""
+
+    name = "a,b,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return tuple(value)
+        return tuple(word.strip() for word in value.split(",") if word.strip())
 
 
 def _click_type(f: dataclasses.Field, hint):
@@ -69,6 +87,8 @@ def _click_type(f: dataclasses.Field, hint):
         return click.Choice([str(choice) for choice in typing.get_args(hint)])
     if f.metadata.get("path"):
         return click.Path()
+    if hint == tuple[str, ...]:
+        return WordList()
     known = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
     if hint not in known:
         raise TypeError(f"{f.name}: no click type for {hint!r}")
