@@ -33,7 +33,7 @@ import transformers
 from transformers import PreTrainedTokenizerFast
 
 from redvillm.data.image_qa import COLOUR_ZH, NUMBER_ZH, SHAPE_ZH, SIDE_ZH, sample
-from redvillm.data.synthetic import PALETTE
+from redvillm.data.synthetic_scenes import PALETTE
 from redvillm.data.tiny_llava import (
     BOS,
     EOS,

@@ -33,15 +33,14 @@ import pytest
 
 from redvillm.data import synthetic
 from redvillm.data.synthetic import (
-    PALETTE,
     TEMPORAL_TASKS,
     SyntheticConfig,
     VideoSpec,
     generate,
     main,
     plan_videos,
-    render_frames,
 )
+from redvillm.data.synthetic_scenes import PALETTE, render_frames, square_at
 
 SMALL = dict(num_videos=4, tasks=TEMPORAL_TASKS, num_frames=16, fps=6, size=64, seed=3)
 
@@ -118,7 +117,7 @@ def test_decoded_pixels_match_rendered_frames(small_set):
         # Inside every square (away from chroma-subsampled edges) the palette colour survives.
         for t in (0, cfg.num_frames // 2, cfg.num_frames - 1):
             for square in video.scene.squares:
-                state = synthetic.square_at(square, t, cfg.num_frames)
+                state = square_at(square, t, cfg.num_frames)
                 if state is None:
                     continue
                 x, y, colour = state
