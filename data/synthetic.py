@@ -17,11 +17,8 @@ would let quality depend on earlier frames, i.e. on time order).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +27,7 @@ import av
 import numpy as np
 
 from redvillm.data.synthetic_scenes import Scene, draw_pair, render_frames
+from redvillm.settings import setting
 
 TEMPORAL_TASKS = ("order", "direction", "color_change", "count")
 CONTROL_TASKS = ("colour",)  # answerable from one frame
@@ -41,14 +39,14 @@ X264_OPTIONS = {"x264-params": "keyint=1:min-keyint=1:scenecut=0:bframes=0", "qp
 
 @dataclass
 class SyntheticConfig:
-    """What to generate. Every field is a CLI flag of ``python -m redvillm.data.synthetic``."""
+    """What to generate. Every field is a flag of ``python -m redvillm.data.synthetic`` (redvillm.data.cli)."""
 
-    num_videos: int = 8  # per task; must be even: each video has a counterbalanced twin
-    tasks: tuple[str, ...] = ("order", "direction")  # any of TASKS
-    num_frames: int = 48  # frames in each video file
-    fps: int = 8
-    size: int = 224  # square frames, size x size pixels
-    seed: int = 0
+    num_videos: int = setting(8, "Videos per task; even: each video has a counterbalanced twin.")
+    tasks: tuple[str, ...] = setting(("order", "direction"), f"Comma-separated, from {','.join(TASKS)}.")
+    num_frames: int = setting(48, "Frames in each video file.")
+    fps: int = setting(8, "Frames per second of the mp4 files.")
+    size: int = setting(224, "Frame side in pixels (square frames; a multiple of 16, >= 32).")
+    seed: int = setting(0, "Seed of every video's random stream.")
 
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
@@ -175,9 +173,6 @@ def generate(
     return [v.spec for v in planned]
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
 def answer_with_label_word(split_dir: Path) -> None:
     """Rewrite split_dir/qa.json so each answer is its label word ("red", "left"): what a tiny
     frozen LLM can be steered to say, and what an exact-match score can check."""
@@ -188,36 +183,7 @@ def answer_with_label_word(split_dir: Path) -> None:
     _write_json(split_dir / "qa.json", rows)
 
 
-def _parse_args(argv) -> tuple[Path, SyntheticConfig]:
-    defaults = SyntheticConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m redvillm.data.synthetic",
-        description="Write a synthetic temporal benchmark: mp4 videos, qa.json, labels.json.",
-    )
-    parser.add_argument("out_dir", type=Path, help="output folder (created if missing)")
-    parser.add_argument("--num-videos", type=int, default=defaults.num_videos, help="per task, even")
-    parser.add_argument("--tasks", default=",".join(defaults.tasks), help=f"comma-separated, from {TASKS}")
-    parser.add_argument("--num-frames", type=int, default=defaults.num_frames)
-    parser.add_argument("--fps", type=int, default=defaults.fps)
-    parser.add_argument("--size", type=int, default=defaults.size, help="frame side in pixels")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    args = parser.parse_args(argv)
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    try:
-        cfg = SyntheticConfig(args.num_videos, tasks, args.num_frames, args.fps, args.size, args.seed)
-    except ValueError as error:
-        parser.error(str(error))  # one line, exit code 2
-    return args.out_dir, cfg
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import synthetic_command
 
-
-def main(argv=None) -> None:
-    out_dir, cfg = _parse_args(argv)
-    started = time.perf_counter()
-    specs = generate(out_dir, cfg)
-    per_task = ", ".join(f"{t}: {sum(s.task == t for s in specs)}" for t in cfg.tasks)
-    seconds = time.perf_counter() - started
-    print(f"wrote {len(specs)} videos ({per_task}) to {out_dir} in {seconds:.1f} s")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    synthetic_command()()
