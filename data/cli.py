@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from redvillm.cli import config_from, friendly_errors, options_from
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
 
 if TYPE_CHECKING:  # tiny_common loads torch, which the synthetic command does without
     from redvillm.data.tiny_common import ReplicaCLI
 
-SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 OUT_DIR = click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 
 
@@ -30,7 +29,7 @@ def config_command(cls, run: Callable[[Path, Any], None], description: str,
                    only: tuple[str, ...] | None = None) -> click.Command:
     """`OUT_DIR [flags of cls] [--config FILE]`: run(out_dir, the config) with one-line errors."""
 
-    @click.command(help=description, context_settings=SETTINGS)
+    @click.command(help=description, context_settings=COMMAND_SETTINGS)
     @OUT_DIR
     @options_from(cls, only=only)
     @click.pass_context
@@ -76,7 +75,7 @@ def image_llm_command() -> click.Command:
 
 
 def demo_command() -> click.Command:
-    @click.command(context_settings=SETTINGS)
+    @click.command(context_settings=COMMAND_SETTINGS)
     @OUT_DIR
     def demo(out_dir: Path) -> None:
         """The demo's inputs in OUT_DIR, made offline from fixed seeds: sample videos and two image LLMs."""

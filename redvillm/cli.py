@@ -32,6 +32,8 @@ from redvillm.errors import UserError
 
 
 CONFIG_HELP = "JSON/TOML file of settings; flags on the command line win."
+# Every command: -h as well as --help, and the defaults shown in --help.
+COMMAND_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 def options_from(cls, positional: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
