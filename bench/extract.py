@@ -33,7 +33,6 @@ each (decode.py).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -44,6 +43,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import click
+
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
+from redvillm.settings import setting
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,6 +61,26 @@ MODEL = dict(image_size=224, patch_size=16, vision_hidden=128, vision_layers=3, 
 RSS_VIDEO, RSS_FRAMES, RSS_COUNTS = dict(size=96, num_frames=16, fps=8), 8, (10, 100)
 GOAL_RATIO = 1.05
 STORAGE = dict(videos=4, shape=(100, 576, 1024))  # llava-1.5-7b at T = 100: 118 MB per video
+
+
+@dataclasses.dataclass
+class ExtractBench:
+    """The benchmark's settings; every field is a flag."""
+
+    videos: int = setting(24, "Synthetic videos; even: each has a twin.")
+    frames: int = setting(32, "T sampled per video.")
+    workers: int = setting(2, "Decode worker processes.")
+    threads: int = setting(os.cpu_count() or 1, "torch intra-op threads.")
+    rounds: int = setting(3, "Repeats of the three timings (medians printed).")
+    out_dir: str | None = setting(None, "Keep videos, model and caches here (a new folder).", path=True)
+    json: str | None = setting(None, "Also write the numbers to this file.", path=True)
+    storage_only: bool = setting(False, "Only the storage safety costs.")
+
+    def __post_init__(self):
+        if self.videos < 2 or self.videos % 2:
+            raise ValueError("--videos must be even and >= 2")
+        if min(self.frames, self.workers, self.threads, self.rounds) < 1:
+            raise ValueError("--frames, --workers, --threads and --rounds must be >= 1")
 
 
 def make_videos(root: Path, count: int, video: dict) -> Path:
@@ -223,7 +247,7 @@ def measure_rss(root: Path, model: Path, args) -> dict:
     return peaks
 
 
-def rss_child(videos_list: str, out: str, model: str, args) -> None:
+def rss_child_run(videos_list: str, out: str, model: str, args: ExtractBench) -> None:
     """In a fresh process: one run_extract; print its peak RSS, its workers' and their sum's (MiB).
 
     Not getrusage: Linux carries ru_maxrss across fork/vfork + exec, so a child started by a big
@@ -328,39 +352,25 @@ def _report_storage(st: dict) -> None:
     Console(width=max(Console().width, 118)).print(table)
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=24, help="even: each synthetic video has a twin")
-    parser.add_argument("--frames", type=int, default=32, help="T sampled per video")
-    parser.add_argument("--workers", type=int, default=2, help="decode worker processes")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-    parser.add_argument("--rounds", type=int, default=3, help="repeats of the three timings (medians printed)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="keep videos, model and caches here (new)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
-    parser.add_argument("--storage-only", action="store_true", help="only the storage safety costs")
-    parser.add_argument("--rss-child", nargs=3, metavar=("LIST", "OUT", "MODEL"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.videos < 2 or args.videos % 2:
-        parser.error("--videos must be even and >= 2")
-    if min(args.frames, args.workers, args.threads, args.rounds) < 1:
-        parser.error("--frames, --workers, --threads and --rounds must be >= 1")
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
+@click.command(help=__doc__.split("\n\n")[0], context_settings=COMMAND_SETTINGS)
+@options_from(ExtractBench)
+@click.option("--rss-child", nargs=3, hidden=True, default=None)  # LIST OUT MODEL: one peak-RSS run (measure_rss)
+@click.pass_context
+@friendly_errors
+def main(ctx: click.Context, config_file: str | None, rss_child: tuple[str, str, str] | None, **flags) -> None:
+    args = config_from(ctx, ExtractBench, config_file, **flags)
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.rss_child:
-        return rss_child(*args.rss_child, args)
+    if rss_child:
+        return rss_child_run(*rss_child, args)
     from redvillm.cli import quiet_libraries
     from redvillm.data.tiny_llava import TinyLlavaConfig, build_tiny_llava
 
     quiet_libraries()  # as redvillm-extract
     load_before, started = os.getloadavg()[0], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
-        root = args.out_dir or Path(tmp) / "run"
+        root = Path(args.out_dir) if args.out_dir else Path(tmp) / "run"
         root.mkdir(parents=True)  # must be new: every cache below is written from scratch
         results = dict(storage=measure_storage(root, args))
         if not args.storage_only:
@@ -371,7 +381,7 @@ def main(argv=None) -> None:
                    frames=args.frames, workers=args.workers, video=VIDEO, model=MODEL, goal_ratio=GOAL_RATIO)
     report(results, args)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,25 +17,43 @@ comparison is per generated token, not per lucky early stop.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import click
+
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
+from redvillm.settings import setting
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 LLM = dict(text_hidden=256, text_layers=4, text_heads=8, vision_hidden=128, vision_layers=2, vision_heads=4)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=24)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+@dataclass
+class InferBench:
+    """The benchmark's settings; every field is a flag."""
+
+    questions: int = setting(24, "Questions answered per path.")
+    new_tokens: int = setting(16, "Tokens generated per answer (forced: min = max).")
+    threads: int = setting(2, "torch intra-op threads.")
+    json: str | None = setting(None, "Also write the numbers to this file.", path=True)
+
+    def __post_init__(self):
+        if min(self.questions, self.new_tokens, self.threads) < 1:
+            raise ValueError("--questions, --new-tokens and --threads must be >= 1")
+
+
+@click.command(help=__doc__.splitlines()[0], context_settings=COMMAND_SETTINGS)
+@options_from(InferBench)
+@click.pass_context
+@friendly_errors
+def main(ctx: click.Context, config_file: str | None, **flags) -> None:
+    args = config_from(ctx, InferBench, config_file, **flags)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -122,7 +140,7 @@ def report(results: dict, args) -> None:
     console.print(f"video / image time per question: {results['ratio_video_vs_image']:.3f} (goal <= 1.1); "
                   f"batch 8 vs batch 1 throughput: {results['batched_speedup']:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ and the batch sizes the server actually ran; rounds alternate the two modes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -25,7 +24,13 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+import click
+
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
+from redvillm.settings import setting
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -33,16 +38,29 @@ LLM = dict(text_hidden=256, text_layers=4, text_heads=8, vision_hidden=128, visi
 QUESTIONS = ("What happens in the video?", "Which colour appears first?", "视频里的方块往哪边移动？")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+@dataclass
+class ServeBench:
+    """The benchmark's settings; every field is a flag."""
+
+    requests: int = setting(16, "Requests per mode and round.")
+    clients: int = setting(8, "Concurrent clients (and the server's max batch).")
+    new_tokens: int = setting(16, "Tokens generated per answer, at most.")
+    rounds: int = setting(2, "Rounds, alternating the two modes (medians printed).")
+    batch_wait_ms: float = setting(10.0, "The server's wait for a batch to fill.")
+    threads: int = setting(2, "torch intra-op threads.")
+    json: str | None = setting(None, "Also write the numbers to this file.", path=True)
+
+    def __post_init__(self):
+        if min(self.requests, self.clients, self.new_tokens, self.rounds, self.threads) < 1:
+            raise ValueError("--requests, --clients, --new-tokens, --rounds and --threads must be >= 1")
+
+
+@click.command(help=__doc__.splitlines()[0], context_settings=COMMAND_SETTINGS)
+@options_from(ServeBench)
+@click.pass_context
+@friendly_errors
+def main(ctx: click.Context, config_file: str | None, **flags) -> None:
+    args = config_from(ctx, ServeBench, config_file, **flags)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -162,7 +180,7 @@ def report(results: dict, args) -> None:
     console.print(f"concurrent vs sequential throughput: {results['throughput_ratio']:.2f}x; median latency "
                   f"{results['latency_ratio']:.2f}x; batches run: {sizes}; same answers: {results['same_answers']}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

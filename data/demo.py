@@ -12,9 +12,7 @@ random-weight LlavaForConditionalGeneration replica: plumbing only, its answers 
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import time
 from pathlib import Path
 
 from redvillm.data.synthetic import CONTROL_TASKS, TEMPORAL_TASKS, SyntheticConfig, answer_with_label_word, generate
@@ -43,19 +41,7 @@ def build_demo(out_dir: str | Path) -> tuple[Path, Path]:
     return out / "videos", out / "image-llm"
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m redvillm.data.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path)
-    args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import demo_command
 
-    hf_logging.disable_progress_bar()
-    started = time.perf_counter()
-    videos, model = build_demo(args.out_dir)
-    count = len(list(videos.glob("*.mp4")))
-    print(f"wrote {count} sample videos to {videos}, the tiny image LLM to {model} and a random-weight "
-          f"replica to {videos.parent / 'tiny-llava'} in {time.perf_counter() - started:.1f} s")
-
-
-if __name__ == "__main__":
-    main()
+    demo_command()()

@@ -1,6 +1,6 @@
 """Synthetic image QA: the pictures and questions a tiny image LLM of our own learns from.
 
-The images come from the same world as the synthetic videos (redvillm.data.synthetic): bright
+The images come from the same world as the synthetic videos (redvillm.data.synthetic_scenes): bright
 shapes from the same palette on dark, gently textured backgrounds. So the image LLM learns
 colours, shapes, places and counts there, and the video stage can reuse that alignment without
 ever seeing an image-QA sample (the paper's premise).
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from redvillm.data.synthetic import BACKGROUND_MAX, PALETTE, TEXTURE_AMPLITUDE
+from redvillm.data.synthetic_scenes import BACKGROUND_MAX, PALETTE, TEXTURE_AMPLITUDE
 
 SHAPES = ("square", "circle", "triangle")
 KINDS = ("colour", "shape", "position", "count", "caption")

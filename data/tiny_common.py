@@ -1,5 +1,6 @@
 """What every tiny replica (data/tiny_<family>.py) shares: seeded building, the re-initialisation
-that keeps a tiny random model learnable, writing the recipe, and the command line.
+that keeps a tiny random model learnable, writing the recipe, and what its command line offers
+(ReplicaCLI; redvillm.data.cli makes the one click command of it for every family).
 
 A replica module keeps only its in-code configs (tokenizer, processor, model config) and what is
 specific to its architecture; everything is a function of its config dataclass, seed included,
@@ -8,9 +9,8 @@ so building twice gives byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -60,19 +60,14 @@ def save_replica(out_dir: str | Path, parts, recipe_file: str, cfg, **recipe_ext
     return out_dir
 
 
-def main_for(build: Callable, config_class, description: str, options: dict[str, dict],
-             argv: list[str] | None = None) -> None:
-    """`python -m redvillm.data.tiny_<family> OUT_DIR [--option value ...]`: build, then list the files.
+@dataclass(frozen=True)
+class ReplicaCLI:
+    """`python -m redvillm.data.tiny_<family> OUT_DIR [--seed N] [--<flag> value ...]`: build, then list the files.
 
-    options: config field -> argparse keywords (its default is the config's); --seed is always there.
-    """
-    module = build.__module__.removeprefix("redvillm.data.")
-    parser = argparse.ArgumentParser(prog=f"python -m redvillm.data.{module}", description=description)
-    parser.add_argument("out_dir", type=Path)
-    defaults = {f.name: f.default for f in fields(config_class)}
-    for name, keywords in {**options, "seed": {"type": int}}.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", default=defaults[name], **keywords)
-    args = vars(parser.parse_args(argv))
-    out_dir = build(args.pop("out_dir"), config_class(**args))
-    for path in sorted(out_dir.iterdir()):
-        print(f"{path.stat().st_size:>10}  {path}")
+    Plain data, no click: the family modules are library code; redvillm.data.cli.replica_command
+    turns this into the command."""
+
+    build: Callable  # (out_dir, config) -> the folder written
+    config: type  # the family's config dataclass: its defaults are the flags' defaults
+    description: str
+    flags: tuple[str, ...] = ()  # config fields offered as flags besides seed

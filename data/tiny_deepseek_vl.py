@@ -42,7 +42,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
+from redvillm.data.tiny_common import ReplicaCLI, build_seeded, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -227,10 +227,11 @@ def build_tiny_deepseek_vl(out_dir: str | Path, cfg: TinyDeepseekVLConfig | None
     return save_replica(out_dir, parts, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
 
 
-def main(argv: list[str] | None = None) -> None:
-    main_for(build_tiny_deepseek_vl, TinyDeepseekVLConfig, "Write a tiny random-weight DeepSeek-VL checkpoint.",
-             {"image_size": {"type": int}}, argv)
+CLI = ReplicaCLI(build_tiny_deepseek_vl, TinyDeepseekVLConfig,
+                 "Write a tiny random-weight DeepSeek-VL checkpoint.", flags=("image_size",))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import replica_command
+
+    replica_command(CLI)()

@@ -43,7 +43,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
+from redvillm.data.tiny_common import ReplicaCLI, build_seeded, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_deepseek_vl import CHAT_TEMPLATE, IMAGE_TOKEN, build_tokenizer
 
 RECIPE_FILE = "tiny_deepseek_vl_hybrid.json"
@@ -163,10 +163,11 @@ def build_tiny_deepseek_vl_hybrid(out_dir: str | Path, cfg: TinyDeepseekVLHybrid
     return save_replica(out_dir, parts, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
 
 
-def main(argv: list[str] | None = None) -> None:
-    main_for(build_tiny_deepseek_vl_hybrid, TinyDeepseekVLHybridConfig,
-             "Write a tiny random-weight DeepSeek-VL 7B-architecture checkpoint.", {}, argv)
+CLI = ReplicaCLI(build_tiny_deepseek_vl_hybrid, TinyDeepseekVLHybridConfig,
+                 "Write a tiny random-weight DeepSeek-VL 7B-architecture checkpoint.")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import replica_command
+
+    replica_command(CLI)()

@@ -41,7 +41,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
+from redvillm.data.tiny_common import ReplicaCLI, build_seeded, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_gemma3.json"
@@ -237,9 +237,10 @@ def build_tiny_gemma3(out_dir: str | Path, cfg: TinyGemma3Config = TinyGemma3Con
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    main_for(build_tiny_gemma3, TinyGemma3Config, "Write a tiny random-weight Gemma 3 checkpoint.", {}, argv)
+CLI = ReplicaCLI(build_tiny_gemma3, TinyGemma3Config, "Write a tiny random-weight Gemma 3 checkpoint.")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import replica_command
+
+    replica_command(CLI)()

@@ -19,7 +19,6 @@ thread count: the same command gives byte-identical model.safetensors.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -33,7 +32,7 @@ import transformers
 from transformers import PreTrainedTokenizerFast
 
 from redvillm.data.image_qa import COLOUR_ZH, NUMBER_ZH, SHAPE_ZH, SIDE_ZH, sample
-from redvillm.data.synthetic import PALETTE
+from redvillm.data.synthetic_scenes import PALETTE
 from redvillm.data.tiny_llava import (
     BOS,
     EOS,
@@ -47,6 +46,7 @@ from redvillm.data.tiny_llava import (
 )
 from redvillm.data.tiny_tokenizer import byte_level_bpe
 from redvillm.chat import QUESTION_SLOT, ChatFormat
+from redvillm.settings import setting
 
 RECIPE_FILE = "image_llm_recipe.json"
 ACCURACY_FILE = "image_qa_accuracy.json"
@@ -55,23 +55,23 @@ IGNORE = -100
 
 @dataclass
 class ImageLLMRecipe:
-    """Architecture and training of the tiny image LLM; every field is a CLI flag."""
+    """Architecture and training of the tiny image LLM; every field is a flag of its command (redvillm.data.cli)."""
 
-    image_size: int = 64
-    patch_size: int = 16  # 4 x 4 = 16 patches per image (and per video frame)
-    vision_hidden: int = 64
-    vision_layers: int = 2
-    text_hidden: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    vocab_size: int = 600
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup: int = 100
-    eval_samples: int = 400
-    threads: int = 1  # part of the determinism contract (the shipped weights used 1)
-    seed: int = 0
+    image_size: int = setting(64, "Image side in pixels.")
+    patch_size: int = setting(16, "ViT patch side in pixels (64 / 16: 4 x 4 = 16 tokens per image and per frame).")
+    vision_hidden: int = setting(64, "Width of the CLIP tower.")
+    vision_layers: int = setting(2, "Layers of the CLIP tower.")
+    text_hidden: int = setting(128, "Width of the Llama LLM.")
+    text_layers: int = setting(2, "Layers of the Llama LLM.")
+    text_heads: int = setting(4, "Attention heads of the Llama LLM.")
+    vocab_size: int = setting(600, "Size of the byte-level BPE vocabulary.")
+    steps: int = setting(2000, "Training steps.")
+    batch_size: int = setting(32, "Image-QA samples per step.")
+    lr: float = setting(5e-4, "Peak AdamW learning rate (linear warm-up times a cosine decay).")
+    warmup: int = setting(100, "Warm-up steps.")
+    eval_samples: int = setting(400, "Held-out samples for the accuracy.")
+    threads: int = setting(1, "torch threads: part of the determinism contract (the shipped weights used 1).")
+    seed: int = setting(0, "Seed of the weights and of the training stream of images and questions.")
 
     def model_config(self) -> TinyLlavaConfig:
         return TinyLlavaConfig(
@@ -228,17 +228,7 @@ def train_image_llm(out_dir: str | Path, recipe: ImageLLMRecipe = ImageLLMRecipe
     return accuracy
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m redvillm.data.tiny_image_llm",
-                                     description="Train the tiny image LLM on synthetic image QA.")
-    parser.add_argument("out_dir", type=Path)
-    for name, default in asdict(ImageLLMRecipe()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    args = vars(parser.parse_args(argv))
-    out_dir = args.pop("out_dir")
-    accuracy = train_image_llm(out_dir, ImageLLMRecipe(**args))
-    print(json.dumps(accuracy, indent=2, ensure_ascii=False))
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import image_llm_command
 
-
-if __name__ == "__main__":
-    main()
+    image_llm_command()()

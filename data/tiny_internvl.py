@@ -43,7 +43,7 @@ from transformers import (
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
+from redvillm.data.tiny_common import ReplicaCLI, build_seeded, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_internvl.json"
@@ -237,9 +237,10 @@ def build_tiny_internvl(out_dir: str | Path, cfg: TinyInternVLConfig | None = No
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    main_for(build_tiny_internvl, TinyInternVLConfig, "Write a tiny random-weight InternVL3 checkpoint.", {}, argv)
+CLI = ReplicaCLI(build_tiny_internvl, TinyInternVLConfig, "Write a tiny random-weight InternVL3 checkpoint.")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import replica_command
+
+    replica_command(CLI)()

@@ -40,7 +40,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
+from redvillm.data.tiny_common import ReplicaCLI, build_seeded, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 # Llama's ids for the first three, then llava-hf appends "<image>" and "<pad>" after the vocab.
@@ -239,10 +239,11 @@ def build_tiny_llava(out_dir: str | Path, cfg: TinyLlavaConfig = TinyLlavaConfig
     return save_replica(out_dir, parts, RECIPE_FILE, cfg, init_std=cfg.resolved_init_std)
 
 
-def main(argv: list[str] | None = None) -> None:
-    main_for(build_tiny_llava, TinyLlavaConfig, "Write a tiny random-weight LLaVA-1.5 checkpoint.",
-             {"image_size": {"type": int}}, argv)
+CLI = ReplicaCLI(build_tiny_llava, TinyLlavaConfig,
+                 "Write a tiny random-weight LLaVA-1.5 checkpoint.", flags=("image_size",))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import replica_command
+
+    replica_command(CLI)()

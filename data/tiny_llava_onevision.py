@@ -40,7 +40,7 @@ from transformers import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
+from redvillm.data.tiny_common import ReplicaCLI, build_seeded, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe, video_corpus
 
 RECIPE_FILE = "tiny_llava_onevision.json"
@@ -179,10 +179,11 @@ def build_tiny_llava_onevision(out_dir: str | Path, cfg: TinyLlavaOnevisionConfi
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    main_for(build_tiny_llava_onevision, TinyLlavaOnevisionConfig,
-             "Write a tiny random-weight LLaVA-OneVision checkpoint.", {}, argv)
+CLI = ReplicaCLI(build_tiny_llava_onevision, TinyLlavaOnevisionConfig,
+                 "Write a tiny random-weight LLaVA-OneVision checkpoint.")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import replica_command
+
+    replica_command(CLI)()

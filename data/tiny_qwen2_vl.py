@@ -29,7 +29,7 @@ import transformers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from redvillm.data.tiny_common import build_seeded, main_for, reinit_linear_and_embeddings, save_replica
+from redvillm.data.tiny_common import ReplicaCLI, build_seeded, reinit_linear_and_embeddings, save_replica
 from redvillm.data.tiny_tokenizer import byte_level_bpe
 
 RECIPE_FILE = "tiny_qwen2_vl.json"
@@ -161,10 +161,11 @@ def build_tiny_qwen2_vl(out_dir: str | Path, cfg: TinyQwen2VLConfig = TinyQwen2V
     return save_replica(out_dir, (model, tokenizer, build_image_processor()), RECIPE_FILE, cfg)
 
 
-def main(argv: list[str] | None = None) -> None:
-    main_for(build_tiny_qwen2_vl, TinyQwen2VLConfig, "Write a tiny random-weight Qwen2-VL or Qwen2.5-VL checkpoint.",
-             {"variant": {"choices": ["qwen2_vl", "qwen2_5_vl"]}}, argv)
+CLI = ReplicaCLI(build_tiny_qwen2_vl, TinyQwen2VLConfig,
+                 "Write a tiny random-weight Qwen2-VL or Qwen2.5-VL checkpoint.", flags=("variant",))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line is redvillm.data.cli's: importing this module loads no click
+    from redvillm.data.cli import replica_command
+
+    replica_command(CLI)()

@@ -6,18 +6,17 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from redvillm.cli import config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.evaluate.config import JudgeConfig, PredictConfig
 
-SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-@click.group(context_settings=SETTINGS)
+@click.group(context_settings=COMMAND_SETTINGS)
 def main() -> None:
     """Answer benchmark questions with a trained run, judge the answers, or ask about one video."""
 
 
-@main.command(context_settings=SETTINGS)
+@main.command(context_settings=COMMAND_SETTINGS)
 @options_from(PredictConfig)
 @click.pass_context
 @friendly_errors
@@ -48,7 +47,7 @@ def predict(ctx: click.Context, config_file: str | None, **flags) -> None:
                       "these answers are for that setting (recorded in the meta file)", highlight=False)
 
 
-@main.command(context_settings=SETTINGS)
+@main.command(context_settings=COMMAND_SETTINGS)
 @options_from(JudgeConfig, positional=("predictions",))
 @click.pass_context
 @friendly_errors
@@ -77,7 +76,7 @@ def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
     console.print(f"results -> {cfg.output}", highlight=False)
 
 
-@main.command(context_settings=SETTINGS)
+@main.command(context_settings=COMMAND_SETTINGS)
 @click.argument("predictions", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["videochatgpt"]), default="videochatgpt",
               help="videochatgpt: the JSON list Video-ChatGPT's scoring scripts read.")
@@ -92,7 +91,7 @@ def export(predictions: str, fmt: str, output: str) -> None:
     click.echo(f"{summary['rows']} {'consistency ' if summary['consistency'] else ''}rows{note} -> {summary['output']}")
 
 
-@main.command(context_settings=SETTINGS)
+@main.command(context_settings=COMMAND_SETTINGS)
 @click.argument("model_dir", type=click.Path())
 @click.argument("video", type=click.Path())
 @click.argument("question")

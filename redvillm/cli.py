@@ -7,7 +7,8 @@ flag, `--name/--no-name` when it defaults to True; Literal: a choice; int, float
 is optional X; `int | Literal[...]`: a number or one of the words; `tuple[X, ...]`: X values
 typed comma-separated, '' for none), its default the default (no default: required). Its metadata
 may add `help` (the --help text), `path: True` (shown as PATH) and `parse` (the value is typed as
-text and parsed: `setting(parse=...)`). Every command also gets `--config FILE`.
+text and parsed: `setting(parse=...)`). `only` keeps the flags to the fields it names (the others
+keep their defaults, and a --config file may still set them). Every command also gets `--config FILE`.
 
 Precedence: dataclass defaults, then an optional --config file (JSON or TOML), then the flags
 given on the command line. A file's list and parsed settings go through the same conversion as
@@ -36,13 +37,18 @@ from redvillm.errors import UserError
 
 
 CONFIG_HELP = "JSON/TOML file of settings; flags on the command line win."
+# Every command: -h as well as --help, and the defaults shown in --help.
+COMMAND_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-def options_from(cls, positional: tuple[str, ...] = ()):
-    """Decorator: click arguments (the `positional` fields) and options (the rest) for `cls`, plus --config."""
+def options_from(cls, positional: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+    """Decorator: click arguments (the `positional` fields) and options (the rest, or those in `only`) for
+    `cls`, plus --config."""
     hints = typing.get_type_hints(cls)
     params = []
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only and f.name not in positional:
+            continue
         kind = _click_type(f, hints[f.name])
         params.append(click.argument(f.name, type=kind) if f.name in positional else _option(f, kind))
     params.append(click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),

@@ -20,12 +20,18 @@ def tiny_model(tmp_path_factory):
     a tiny replica to, built once per session and name."""
     import importlib
 
+    from click.testing import CliRunner
+
+    from redvillm.data.cli import replica_command
+
     built: dict[str, Path] = {}
 
     def get(name: str, module: str, *args: str) -> Path:
         if name not in built:
             out = tmp_path_factory.mktemp("models") / name
-            importlib.import_module(f"redvillm.data.{module}").main([str(out), *args])
+            command = replica_command(importlib.import_module(f"redvillm.data.{module}").CLI)
+            result = CliRunner().invoke(command, [str(out), *args], catch_exceptions=False)
+            assert result.exit_code == 0, result.output[-2000:]
             built[name] = out
         return built[name]
 

@@ -22,7 +22,7 @@ CO_READS = {"question1": ("q1", "Q1"), "question2": ("q2", "Q2"), "answer": ("a"
 def _script(criterion: str) -> str:
     reads = CO_READS if criterion == "co" else QA_READS
     lines = [
-        "import openai", "import os", "import argparse", "import json", "import ast",
+        "import openai", "import os", "import json", "import ast",
         "from multiprocessing.pool import Pool", "", "",
         "def annotate(prediction_set, caption_files, output_dir):",
         "    for file in caption_files:",

@@ -14,6 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from redvillm.cli import config_from, options_from
 from redvillm.evaluate.cli import main as eval_main
 from redvillm.evaluate.config import JUDGE_TASKS, JudgeConfig, PredictConfig
 from redvillm.extract.cli import main as extract_main
@@ -165,3 +166,33 @@ def test_decode_workers_refuses_other_words_and_numbers_below_one(monkeypatch, g
     monkeypatch.setattr(redvillm.extract.pipeline, "run_extract", lambda *a, **k: pytest.fail("ran"))
     result = CliRunner().invoke(extract_main, ["videos", "out.h5", "--decode-workers", given])
     assert result.exit_code == 2 and "decode" in result.output.lower(), result.output
+
+
+@dataclasses.dataclass
+class _Sized:
+    size: int = 224
+    depth: int = 2
+    tasks: tuple[str, ...] = ("order", "direction")
+
+
+@click.command()
+@options_from(_Sized, only=("size", "tasks"))
+@click.pass_context
+def _sized(ctx, config_file, **flags):
+    click.echo(repr(config_from(ctx, _Sized, config_file, **flags)))
+
+
+def test_only_keeps_the_named_fields_and_a_config_file_still_sets_the_others(tmp_path):
+    assert [p.name for p in _sized.params] == ["size", "tasks", "config_file"]
+    assert CliRunner().invoke(_sized, ["--depth", "3"]).exit_code == 2
+    path = tmp_path / "settings.json"
+    path.write_text('{"depth": 3}')
+    result = CliRunner().invoke(_sized, ["--size", "64", "--config", str(path)])
+    assert result.output.strip() == repr(_Sized(size=64, depth=3))
+
+
+def test_a_word_tuple_is_one_comma_separated_flag():
+    assert CliRunner().invoke(_sized, []).output.strip() == repr(_Sized())  # the default round-trips
+    result = CliRunner().invoke(_sized, ["--tasks", "count, colour,"])
+    assert result.output.strip() == repr(_Sized(tasks=("count", "colour")))
+    assert "--tasks TEXT,..." in CliRunner().invoke(_sized, ["--help"]).output

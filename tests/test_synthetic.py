@@ -30,18 +30,18 @@ from pathlib import Path
 import decord
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from redvillm.data import synthetic
+from redvillm.data.cli import synthetic_command
 from redvillm.data.synthetic import (
-    PALETTE,
     TEMPORAL_TASKS,
     SyntheticConfig,
     VideoSpec,
     generate,
-    main,
     plan_videos,
-    render_frames,
 )
+from redvillm.data.synthetic_scenes import PALETTE, render_frames, square_at
 
 SMALL = dict(num_videos=4, tasks=TEMPORAL_TASKS, num_frames=16, fps=6, size=64, seed=3)
 
@@ -118,7 +118,7 @@ def test_decoded_pixels_match_rendered_frames(small_set):
         # Inside every square (away from chroma-subsampled edges) the palette colour survives.
         for t in (0, cfg.num_frames // 2, cfg.num_frames - 1):
             for square in video.scene.squares:
-                state = synthetic.square_at(square, t, cfg.num_frames)
+                state = square_at(square, t, cfg.num_frames)
                 if state is None:
                     continue
                 x, y, colour = state
@@ -188,15 +188,15 @@ def test_failed_run_leaves_no_half_written_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["order_0000.mp4", "order_0001.mp4"]
 
 
-def test_cli_writes_and_summarises(tmp_path, capsys):
+def test_cli_writes_and_summarises(tmp_path):
     flags = ["--num-videos", "2", "--tasks", "direction", "--num-frames", "8", "--size", "32"]
-    main([str(tmp_path / "cli out"), *flags])
-    summary = capsys.readouterr().out.strip()
-    assert "wrote 2 videos" in summary and "\n" not in summary
+    result = CliRunner().invoke(synthetic_command(), [str(tmp_path / "cli out"), *flags])
+    summary = result.output.strip()
+    assert result.exit_code == 0 and "wrote 2 videos (direction: 2)" in summary and "\n" not in summary
     assert len(json.loads((tmp_path / "cli out" / "qa.json").read_text())) == 2
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "bad"), "--num-videos", "3"])
-    assert exit_info.value.code == 2
+    bad = CliRunner().invoke(synthetic_command(), [str(tmp_path / "bad"), "--num-videos", "3"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == (
+        "error: num_videos must be even and >= 2 (each video has a twin), got 3")
 
 
 # ----------------------------------------------------------------------------- twins

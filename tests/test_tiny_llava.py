@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -18,7 +19,8 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from redvillm.data.tiny_llava import CHAT_TEMPLATE, TinyLlavaConfig, build_tiny_llava, build_tokenizer, main
+from redvillm.data.cli import replica_command
+from redvillm.data.tiny_llava import CHAT_TEMPLATE, CLI, TinyLlavaConfig, build_tiny_llava, build_tokenizer
 
 QUESTION = "Which colour appeared first?"
 USER_TURN = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}
@@ -149,7 +151,8 @@ def test_chat_template_renders_llava_1_5_prompt(processor):
 
 
 def test_cli_writes_a_loadable_model(tmp_path):
-    main([str(tmp_path / "cli"), "--seed", "3", "--image-size", "64"])
+    result = CliRunner().invoke(replica_command(CLI), [str(tmp_path / "cli"), "--seed", "3", "--image-size", "64"])
+    assert result.exit_code == 0, result.output
     config = AutoConfig.from_pretrained(tmp_path / "cli")
     assert config.vision_config.image_size == 64
     assert json.loads((tmp_path / "cli" / "tiny_llava.json").read_text())["seed"] == 3

@@ -7,11 +7,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from redvillm.cli import config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.train.config import TrainConfig
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(context_settings=COMMAND_SETTINGS)
 @options_from(TrainConfig, positional=("cache",))
 @click.pass_context
 @friendly_errors

@@ -8,14 +8,13 @@ import logging
 import click
 from rich.console import Console
 
-from redvillm.cli import config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.extras import require
 from redvillm.serve.config import ServeConfig
 
-SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-@click.command(context_settings=SETTINGS)
+@click.command(context_settings=COMMAND_SETTINGS)
 @options_from(ServeConfig, positional=("run_dir",))
 @click.pass_context
 @friendly_errors
