@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import click
+
+from redvillm.cli import command
 import numpy as np
 
 CHUNK = 16  # as DecodeSettings.chunk
@@ -102,7 +104,7 @@ def measure(paths: list[Path], frames: list[int], rounds: int) -> dict:
     return results
 
 
-@click.command()
+@command()
 @click.option("--videos", default=3, show_default=True, help="clips written (all are read and checked)")
 @click.option("--seconds", default=20, show_default=True)
 @click.option("--fps", default=30, show_default=True)

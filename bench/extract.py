@@ -46,7 +46,7 @@ from pathlib import Path
 
 import click
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
+from redvillm.cli import command, config_from, friendly_errors, options_from
 from redvillm.settings import setting
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -352,7 +352,7 @@ def _report_storage(st: dict) -> None:
     Console(width=max(Console().width, 118)).print(table)
 
 
-@click.command(help=__doc__.split("\n\n")[0], context_settings=COMMAND_SETTINGS)
+@command(help=__doc__.split("\n\n")[0])
 @options_from(ExtractBench)
 @click.option("--rss-child", nargs=3, hidden=True, default=None)  # LIST OUT MODEL: one peak-RSS run (measure_rss)
 @click.pass_context

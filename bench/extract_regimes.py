@@ -38,6 +38,8 @@ from pathlib import Path
 
 import click
 
+from redvillm.cli import command
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -153,7 +155,7 @@ def report(regime: str, result: dict) -> None:
                   f"default / serial = {result['default_vs_serial']:.2f} (goal < {GOAL_SERIAL})")
 
 
-@click.command()
+@command()
 @click.option("--videos", default=4, show_default=True, help="videos per regime (even: each has a twin)")
 @click.option("--frames", default=16, show_default=True, help="T sampled per video")
 @click.option("--regimes", default=",".join(REGIMES), show_default=True, help="comma-separated subset")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
+from redvillm.cli import command, config_from, friendly_errors, options_from
 from redvillm.settings import setting
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -48,7 +48,7 @@ class InferBench:
             raise ValueError("--questions, --new-tokens and --threads must be >= 1")
 
 
-@click.command(help=__doc__.splitlines()[0], context_settings=COMMAND_SETTINGS)
+@command(help=__doc__.splitlines()[0])
 @options_from(InferBench)
 @click.pass_context
 @friendly_errors

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import click
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
+from redvillm.cli import command, config_from, friendly_errors, options_from
 from redvillm.settings import setting
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -55,7 +55,7 @@ class ServeBench:
             raise ValueError("--requests, --clients, --new-tokens, --rounds and --threads must be >= 1")
 
 
-@click.command(help=__doc__.splitlines()[0], context_settings=COMMAND_SETTINGS)
+@command(help=__doc__.splitlines()[0])
 @options_from(ServeBench)
 @click.pass_context
 @friendly_errors

@@ -50,7 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import click  # noqa: E402
 import torch  # noqa: E402
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from  # noqa: E402
+from redvillm.cli import command, config_from, friendly_errors, options_from  # noqa: E402
 from redvillm.train.annotations import read_instructions  # noqa: E402
 from redvillm.data.tiny_llava import build_tiny_llava  # noqa: E402
 from redvillm.settings import setting  # noqa: E402
@@ -93,7 +93,7 @@ class TrainBench:
             raise ValueError("--batch must be <= --videos: the online step encodes B different videos")
 
 
-@click.command(help=__doc__.split("\n\n")[0], context_settings=COMMAND_SETTINGS)
+@command(help=__doc__.split("\n\n")[0])
 @options_from(TrainBench)
 @click.option("--rss-child", nargs=4, hidden=True, default=None)  # QA CACHE MODEL OUT: one run of measure_rss
 @click.pass_context

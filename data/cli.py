@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from
+from redvillm.cli import command, config_from, friendly_errors, options_from
 
 if TYPE_CHECKING:  # tiny_common loads torch, which the synthetic command does without
     from redvillm.data.tiny_common import ReplicaCLI
@@ -29,15 +29,15 @@ def config_command(cls, run: Callable[[Path, Any], None], description: str,
                    only: tuple[str, ...] | None = None) -> click.Command:
     """`OUT_DIR [flags of cls] [--config FILE]`: run(out_dir, the config) with one-line errors."""
 
-    @click.command(help=description, context_settings=COMMAND_SETTINGS)
+    @command(help=description)
     @OUT_DIR
     @options_from(cls, only=only)
     @click.pass_context
     @friendly_errors
-    def command(ctx: click.Context, out_dir: Path, config_file: str | None, **flags) -> None:
+    def config_cli(ctx: click.Context, out_dir: Path, config_file: str | None, **flags) -> None:
         run(out_dir, config_from(ctx, cls, config_file, **flags))
 
-    return command
+    return config_cli
 
 
 def replica_command(cli: ReplicaCLI) -> click.Command:
@@ -75,7 +75,7 @@ def image_llm_command() -> click.Command:
 
 
 def demo_command() -> click.Command:
-    @click.command(context_settings=COMMAND_SETTINGS)
+    @command()
     @OUT_DIR
     def demo(out_dir: Path) -> None:
         """The demo's inputs in OUT_DIR, made offline from fixed seeds: sample videos and two image LLMs."""

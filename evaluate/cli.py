@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, OneLineErrors, options_from, quiet_libraries
 from redvillm.evaluate.config import JudgeConfig, PredictConfig
 
 
@@ -16,7 +16,7 @@ def main() -> None:
     """Answer benchmark questions with a trained run, judge the answers, or ask about one video."""
 
 
-@main.command(context_settings=COMMAND_SETTINGS)
+@main.command(cls=OneLineErrors, context_settings=COMMAND_SETTINGS)
 @options_from(PredictConfig)
 @click.pass_context
 @friendly_errors
@@ -47,7 +47,7 @@ def predict(ctx: click.Context, config_file: str | None, **flags) -> None:
                       "these answers are for that setting (recorded in the meta file)", highlight=False)
 
 
-@main.command(context_settings=COMMAND_SETTINGS)
+@main.command(cls=OneLineErrors, context_settings=COMMAND_SETTINGS)
 @options_from(JudgeConfig, positional=("predictions",))
 @click.pass_context
 @friendly_errors
@@ -76,7 +76,7 @@ def judge(ctx: click.Context, config_file: str | None, **flags) -> None:
     console.print(f"results -> {cfg.output}", highlight=False)
 
 
-@main.command(context_settings=COMMAND_SETTINGS)
+@main.command(cls=OneLineErrors, context_settings=COMMAND_SETTINGS)
 @click.argument("predictions", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["videochatgpt"]), default="videochatgpt",
               help="videochatgpt: the JSON list Video-ChatGPT's scoring scripts read.")
@@ -91,7 +91,7 @@ def export(predictions: str, fmt: str, output: str) -> None:
     click.echo(f"{summary['rows']} {'consistency ' if summary['consistency'] else ''}rows{note} -> {summary['output']}")
 
 
-@main.command(context_settings=COMMAND_SETTINGS)
+@main.command(cls=OneLineErrors, context_settings=COMMAND_SETTINGS)
 @click.argument("model_dir", type=click.Path())
 @click.argument("video", type=click.Path())
 @click.argument("question")

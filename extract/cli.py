@@ -11,11 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from redvillm.cache import shards_dir
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import command, config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.extract.config import ExtractConfig
 
 
-@click.command(context_settings=COMMAND_SETTINGS)
+@command()
 @options_from(ExtractConfig, positional=("videos", "output"))
 @click.pass_context
 @friendly_errors

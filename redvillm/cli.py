@@ -41,6 +41,11 @@ CONFIG_HELP = "JSON/TOML file of settings; flags on the command line win."
 COMMAND_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
+def command(**kwargs):
+    """`click.command` as every redvillm command is made: -h, defaults shown, one-line usage errors."""
+    return click.command(cls=OneLineErrors, context_settings=COMMAND_SETTINGS, **kwargs)
+
+
 def options_from(cls, positional: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
     """Decorator: click arguments (the `positional` fields) and options (the rest, or those in `only`) for
     `cls`, plus --config."""

@@ -196,3 +196,12 @@ def test_a_word_tuple_is_one_comma_separated_flag():
     result = CliRunner().invoke(_sized, ["--tasks", "count, colour,"])
     assert result.output.strip() == repr(_Sized(tasks=("count", "colour")))
     assert "--tasks TEXT,..." in CliRunner().invoke(_sized, ["--help"]).output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_unknown_flag_is_one_line_naming_help(name):
+    command = COMMANDS[name][0]
+    result = CliRunner().invoke(command, ["--no-such-flag"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: No such option") and "--help)" in lines[0], lines

@@ -7,11 +7,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import command, config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.train.config import TrainConfig
 
 
-@click.command(context_settings=COMMAND_SETTINGS)
+@command()
 @options_from(TrainConfig, positional=("cache",))
 @click.pass_context
 @friendly_errors

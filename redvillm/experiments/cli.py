@@ -7,13 +7,10 @@ from pathlib import Path
 
 import click
 
-from redvillm.cli import OneLineErrors, config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import command, config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.experiments.config import MiniatureConfig, SanityConfig
 
-SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
-
-
-@click.command(cls=OneLineErrors, context_settings=SETTINGS)
+@command()
 @options_from(SanityConfig, positional=("out_dir",))
 @click.pass_context
 @friendly_errors
@@ -30,7 +27,7 @@ def sanity(ctx: click.Context, config_file: str | None, **flags) -> None:
     click.echo(f"{result.seconds:.0f} s")
 
 
-@click.command(cls=OneLineErrors, context_settings=SETTINGS)
+@command()
 @options_from(MiniatureConfig, positional=("out_dir",))
 @click.pass_context
 @friendly_errors

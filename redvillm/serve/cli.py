@@ -8,13 +8,13 @@ import logging
 import click
 from rich.console import Console
 
-from redvillm.cli import COMMAND_SETTINGS, config_from, friendly_errors, options_from, quiet_libraries
+from redvillm.cli import command, config_from, friendly_errors, options_from, quiet_libraries
 from redvillm.extras import require
 from redvillm.serve.config import ServeConfig
 
 
 
-@click.command(context_settings=COMMAND_SETTINGS)
+@command()
 @options_from(ServeConfig, positional=("run_dir",))
 @click.pass_context
 @friendly_errors
