@@ -30,8 +30,17 @@ from redvillm.data.synthetic_scenes import Scene, draw_pair, render_frames
 from redvillm.settings import setting
 
 TEMPORAL_TASKS = ("order", "direction", "color_change", "count")
-CONTROL_TASKS = ("colour",)  # answerable from one frame
-TASKS = ("order", "direction", "color_change", "colour", "count")  # append only: tasks keep their random streams
+CONTROL_TASKS = ("still_color",)  # answerable from one frame
+# Append only: a task's random streams follow its place here (renaming one keeps its pixels).
+TASKS = ("order", "direction", "color_change", "still_color", "count")
+# Earlier names, still accepted wherever tasks are given.
+TASK_ALIASES = {"colour": "still_color"}
+
+
+def canonical_task(name: str) -> str:
+    """A task's name from its name or an earlier one (`colour` -> `still_color`)."""
+    return TASK_ALIASES.get(name, name)
+
 
 # libx264, every frame a keyframe, no B-frames, constant quantiser (see module docstring).
 X264_OPTIONS = {"x264-params": "keyint=1:min-keyint=1:scenecut=0:bframes=0", "qp": "10"}
@@ -49,7 +58,7 @@ class SyntheticConfig:
     seed: int = setting(0, "Seed of every video's random stream.")
 
     def __post_init__(self):
-        self.tasks = tuple(self.tasks)
+        self.tasks = tuple(canonical_task(t) for t in self.tasks)
         if self.num_videos < 2 or self.num_videos % 2:
             raise ValueError(
                 f"num_videos must be even and >= 2 (each video has a twin), got {self.num_videos}"

@@ -7,7 +7,7 @@ Tasks (the label is the one word the answer hinges on):
     direction     one big square crosses the frame horizontally label: "left" / "right"
     color_change  one square changes colour at mid-video        label: the colour it turns into
     count         one still square flashes two or three times label: "two" / "three"
-    colour        one still square (a control, not temporal)   label: its colour
+    still_color   one still square (a control, not temporal)   label: its colour
 
 Honesty. A benchmark of *temporal* understanding must not be solvable from a single frame
 or from the time-averaged video. Every video therefore has a twin, drawn from the same
@@ -26,7 +26,7 @@ frames are a *permutation* of its own frames and whose label is the opposite one
                   would dominate the time-average and give the answer away.
 
 So any bag-of-frames feature (time-average, histogram, per-frame vote) is identical within
-a pair. The control task ``colour`` is the exception on purpose: its twin is the same still
+a pair. The control task ``still_color`` is the exception on purpose: its twin is the same still
 square in another colour, so it is answerable from any single frame or the time-average, and
 shows that a pooling which fails the temporal tasks still sees the video. Which twin gets
 which label, and the order of the colours named in a question, are coin flips per pair.
@@ -57,7 +57,7 @@ TEXTURE_AMPLITUDE = 4.0  # per sine wave; three waves stay within +-12 levels
 
 # Side lengths in pixels at a 224-pixel frame, scaled with `size`. Direction of motion needs
 # a big square (docs/tiny-models.md); two order squares must fit side by side.
-SIDE_RANGE = {"order": (56, 88), "direction": (64, 100), "color_change": (64, 100), "colour": (64, 100),
+SIDE_RANGE = {"order": (56, 88), "direction": (64, 100), "color_change": (64, 100), "still_color": (64, 100),
               "count": (64, 100)}
 REFERENCE_SIZE = 224
 
@@ -223,9 +223,9 @@ def _color_change_pair(rng, num_frames: int, size: int):
     return twins
 
 
-def _colour_pair(rng, num_frames: int, size: int):
+def _still_color_pair(rng, num_frames: int, size: int):
     """Two twins (a control): the same still square in colour A and in colour B."""
-    side = _side(rng, "colour", size)
+    side = _side(rng, "still_color", size)
     names = _two_colours(rng)
     xy = tuple(int(v) for v in rng.integers(0, size - side + 1, size=2))
     question = "What colour is the square?"
@@ -246,7 +246,7 @@ def _count_pair(rng, num_frames: int, size: int):
 
 
 _PAIR_DRAWERS = {"order": _order_pair, "direction": _direction_pair, "color_change": _color_change_pair,
-                 "colour": _colour_pair, "count": _count_pair}
+                 "still_color": _still_color_pair, "count": _count_pair}
 
 
 def draw_pair(rng: np.random.Generator, task: str, num_frames: int, size: int):

@@ -80,7 +80,7 @@ def test_usage_errors_are_one_line_and_exit_2(name, args, captured):
 @pytest.mark.parametrize("name, args, word", [("miniature", ["out", "--configurations", "table9"], "table9"),
                                               ("miniature", ["out", "--tasks", "colour,smell"], "smell"),
                                               ("sanity", ["out", "--poolings", "both,sideways"], "sideways"),
-                                              ("sanity", ["out", "--task", "colour"], "colour")])
+                                              ("sanity", ["out", "--task", "still_color"], "still_color")])
 def test_bad_values_are_one_line_and_exit_2(name, args, word, captured):
     result = CliRunner().invoke(COMMANDS[name][0], args, prog_name=name)
     assert result.exit_code == 2, result.output
@@ -97,7 +97,7 @@ def test_miniature_flags_reach_the_config(captured):
     assert result.exit_code == 0, result.output
     assert "| the table |" in result.stdout
     configurations = tuple(n for n in CONFIGURATIONS if n in GROUPS["table3"] + GROUPS["extra"])
-    assert captured == [MiniatureConfig("out", "llm", (3, 4), ("colour", "order"), configurations, 5, 6, (), 4, 32, 7,
+    assert captured == [MiniatureConfig("out", "llm", (3, 4), ("still_color", "order"), configurations, 5, 6, (), 4, 32, 7,
                                         2, 0.5)]
     names = CliRunner().invoke(miniature, ["out", "--configurations", "both, copy + MLP; both, random init"])
     assert names.exit_code == 0, names.output
@@ -128,14 +128,14 @@ def test_without_flags_the_dataclass_defaults_apply(name, captured):
 @pytest.mark.parametrize("suffix, text", [(".toml", 'seeds = [5, 6]\nconfigurations = "table4"\ncurve = ""\n'
                                                     'tasks = "colour, count"\nsteps = 9\n'),
                                           (".json", '{"seeds": [5, 6], "configurations": "table4", "curve": [], '
-                                                    '"tasks": ["colour", "count"], "steps": 9}')])
+                                                    '"tasks": ["still_color", "count"], "steps": 9}')])
 def test_a_config_files_lists_and_groups_convert_like_flags(tmp_path, captured, suffix, text):
     path = tmp_path / f"settings{suffix}"
     path.write_text(text)
     result = CliRunner().invoke(miniature, ["out", "--config", str(path), "--steps", "11"])
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
-    assert (cfg.seeds, cfg.curve, cfg.tasks, cfg.steps) == ((5, 6), (), ("colour", "count"), 11)
+    assert (cfg.seeds, cfg.curve, cfg.tasks, cfg.steps) == ((5, 6), (), ("still_color", "count"), 11)
     assert cfg.configurations == tuple(GROUPS["table4"])
     bad_file = tmp_path / "bad.json"
     bad_file.write_text('{"seeds": "0,x"}')

@@ -56,12 +56,12 @@ def test_shipped_image_llm_answers_image_questions_as_documented():
 
 
 def test_miniature_runner_writes_tables(tmp_path, monkeypatch):
-    cfg = MiniatureConfig(str(tmp_path / "mini"), seeds=(0,), tasks=("colour", "order"), train_videos=4,
+    cfg = MiniatureConfig(str(tmp_path / "mini"), seeds=(0,), tasks=("still_color", "order"), train_videos=4,
                           test_videos=4, curve=(2,), num_frames=8, steps=2, batch_size=4,
                           configurations=("both, copy (RED-VILLM)", "temporal-only (time-averaged)"))
     result = run_miniature(cfg, log=lambda *_: None)
     assert set(result.accuracy) == {"both, copy (RED-VILLM)", "temporal-only (time-averaged)"}
-    assert set(result.accuracy["both, copy (RED-VILLM)"]) == {"colour", "order"}
+    assert set(result.accuracy["both, copy (RED-VILLM)"]) == {"still_color", "order"}
     assert set(result.curve) == {"2", "4"}
     # Twins have identical time-averaged tokens and the same question, so of each twin pair exactly
     # one answer wins: exactly chance whatever the weights; any other value means a broken pairing.
@@ -104,4 +104,4 @@ def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
     monkeypatch.setattr(VideoLLM, "batch", recording_batch)
     monkeypatch.setattr(VideoLLM, "answer_logprobs", oracle)
     accuracy = forced_choice_by_task(run, out / "test.h5", out / "test")
-    assert accuracy == {"colour": 1.0, "order": 1.0}
+    assert accuracy == {"still_color": 1.0, "order": 1.0}

@@ -325,3 +325,10 @@ def test_probe_catches_a_leaky_generator(task):
     labels = [v.spec.label for v in planned]
     twin_labels = [label_of[v.twin_id] for v in planned]
     assert pair_probe_accuracy(averaged, labels, twin_labels) >= 0.75
+
+
+def test_the_still_color_task_keeps_its_earlier_name_as_an_alias():
+    from redvillm.data.synthetic import CONTROL_TASKS, TASKS
+
+    assert CONTROL_TASKS == ("still_color",) and TASKS.index("still_color") == 3  # its place keeps its pixels
+    assert SyntheticConfig(num_videos=2, tasks=("colour", "order")).tasks == ("still_color", "order")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from redvillm.data.synthetic import CONTROL_TASKS, TASKS, TEMPORAL_TASKS
+from redvillm.data.synthetic import CONTROL_TASKS, TASKS, TEMPORAL_TASKS, canonical_task
 from redvillm.pooling import canonical_pooling
 from redvillm.settings import setting
 
@@ -103,7 +103,7 @@ class MiniatureConfig:
 
     def __post_init__(self):
         self.seeds, self.curve = tuple(self.seeds), tuple(self.curve)
-        self.tasks, self.configurations = tuple(self.tasks), tuple(self.configurations)
+        self.tasks, self.configurations = tuple(canonical_task(t) for t in self.tasks), tuple(self.configurations)
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {', '.join(TASKS)}, got {', '.join(self.tasks)}")
