@@ -1,5 +1,11 @@
 """``run_extract``: videos -> frozen vision encoder -> HDF5 token cache (stage one).
 
+The cache holds each video's (T, N, D) tokens (``--store raw``) or only its pooled sets
+(``--store pooled``, redvillm.cache); a pooled run pools each batch of frames as the encoder
+gives it (redvillm.pooled_sets) and never holds a video's (T, N, D) tokens. VIDEOS may also be
+a raw cache, pooled into OUT without decoding or encoding (extract/convert.py): both are a
+*source* of per-video outcomes, and everything else (resume, failures, shards, the index,
+disk space) is this module's, the same for both.
 Shape letters: T frames, N patches per frame, D vision width.
 """
 
@@ -7,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,15 +24,16 @@ import torch
 import redvillm
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
-from redvillm.cache import CacheInfo
+from redvillm.cache import RAW, CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, retry_due
 from redvillm.extract.lock import lock_output
-from redvillm.extract.space import check_space, disk_full, is_disk_full
+from redvillm.extract.space import StoredSize, check_space, disk_full, is_disk_full
 from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
+from redvillm.pooled_sets import PooledVideo, RunningPool, pooled_shape
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +61,26 @@ class ExtractSummary:
     seconds: float = 0.0
     cached_total: int = 0  # videos in the index at the end (all ranks)
     rank: int = 0
-    token_shape: tuple[int, int, int] = (0, 0, 0)  # (T, N, D) of a video with T frames or more
+    size: StoredSize = StoredSize(RAW, 0, 0, 0)  # what a video with T frames or more stores
     notes: list[str] = field(default_factory=list)  # what `notify` was told (shards set aside, ...)
+
+
+@dataclass
+class Outcome:
+    """One video as a source gives it: what to store (tokens or pooled, by the store), or why not."""
+
+    video_id: str
+    path: Path
+    error: str | None = None
+    tokens: np.ndarray | None = None  # raw store: (T, N, D) float16
+    pooled: PooledVideo | None = None  # pooled store
+    attrs: dict = field(default_factory=dict)  # per-video provenance (redvillm.cache)
+    frames: int = 0
 
 
 def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None,
                 notify: Callable[[str], None] | None = None) -> ExtractSummary:
-    """Cache every video's (T, N, D) frame tokens; resumable, shardable across processes.
+    """Cache every video's frame tokens or pooled sets (cfg.store); resumable, shardable across processes.
 
     `notify` gets one line per thing the user should know before the run goes on (a damaged
     shard set aside, an index to rebuild, the disk space the run needs); default: logged.
@@ -67,26 +88,67 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     Decoders are spawned processes: a script calling this must guard its own top level with
     ``if __name__ == "__main__":`` (as any multiprocessing program must).
     """
+    from redvillm.extract.convert import CachedSource, is_cache
+
     pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     dist_info = distributed.init_from_env()
     rank, world = _partition(cfg, dist_info)
-    videos = find_videos(cfg.videos)
+    source = CachedSource(cfg) if is_cache(cfg.videos) else EncodedSource(cfg)
     with lock_output(Path(cfg.output), rank):  # before anything is read or removed there
-        return _extract_locked(cfg, progress, notify or log.warning, videos, dist_info, rank, world, started)
+        source.prepare(dist_info)
+        return _extract_locked(cfg, source, progress, notify or log.warning, dist_info, rank, world, started)
 
 
-def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], dist_info, rank: int, world: int,
+class EncodedSource:
+    """VIDEOS decoded in worker processes and encoded here: whole (raw) or pooled batch by batch."""
+
+    def __init__(self, cfg: ExtractConfig):
+        self.cfg = cfg
+        self.videos: list[Video] = find_videos(cfg.videos)
+
+    def prepare(self, dist_info) -> None:
+        """Load the encoder (after OUT is locked); sets `info` and `size`."""
+        cfg = self.cfg
+        self.device = distributed.resolve_device(cfg.device, dist_info)
+        self.dtype = distributed.resolve_dtype(cfg.dtype, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.encoder_threads())  # leave the decoders their cores
+        self.family = load_family(cfg.model, cfg.revision, cfg.image_size)
+        self.encoder = self.family.load_frame_encoder(self.device, self.dtype)
+        self.preprocess = self.family.frame_preprocess()
+        self.info = _cache_info(cfg, self.family, self.encoder, self.preprocess, self.dtype)
+        units, width = self.encoder.num_patches, self.encoder.hidden_size
+        if cfg.store != RAW:
+            units, width = pooled_shape(self.family.pool, units, width)
+        self.size = StoredSize(cfg.store, cfg.num_frames, units, width)
+
+    @contextmanager
+    def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
+        cfg = self.cfg
+        settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, self.preprocess)
+        jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
+        workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
+        with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
+            yield (self._outcome(result) for result in pool.imap(jobs))
+
+    def _outcome(self, result: DecodeResult) -> Outcome:
+        job = result.job
+        if result.error is not None:
+            return Outcome(job.video_id, job.path, error=result.error)
+        frames = torch.from_numpy(result.frames)
+        outcome = Outcome(job.video_id, job.path, attrs=dict(result.meta, path=str(job.path)), frames=len(frames))
+        args = (self.encoder, frames, self.cfg.batch_size, self.device, self.dtype, self.preprocess)
+        if self.cfg.store == RAW:
+            outcome.tokens = encode_frames(*args)
+        else:
+            outcome.pooled = encode_pooled(*args, pool=self.family.pool)
+        return outcome
+
+
+def _extract_locked(cfg: ExtractConfig, source, progress, notify, dist_info, rank: int, world: int,
                     started: float) -> ExtractSummary:
-    device = distributed.resolve_device(cfg.device, dist_info)
-    dtype = distributed.resolve_dtype(cfg.dtype, device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.encoder_threads())  # leave the decoders their cores
-    family = load_family(cfg.model, cfg.revision, cfg.image_size)
-    encoder = family.load_frame_encoder(device, dtype)
-    preprocess = family.frame_preprocess()
-    info = _cache_info(cfg, family, encoder, preprocess, dtype)
-
+    info, videos = source.info, source.videos
     index = Path(cfg.output)
     notes: list[str] = []
     tell = lambda line: (notes.append(line), notify(line))  # noqa: E731
@@ -100,22 +162,18 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
             and v.video_id not in retry and failed_before[v.video_id].unchanged()}
     todo = [v for v in todo if v.video_id not in skip]
     summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
-                             token_shape=(info.num_frames, info.num_patches, info.hidden_size))
+                             size=source.size)
     summary.notes = notes
 
     if todo and dist_info.is_main:  # torchrun ranks' parts differ by at most one video: rank 0 speaks for all
-        tell(check_space(store.dir, len(todo) * dist_info.world_size, summary.token_shape, cfg.no_space_check))
-    settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
+        tell(check_space(store.dir, len(todo) * dist_info.world_size, source.size, cfg.no_space_check))
     writer = store.shard_writer(rank, cfg.shard_bytes)
-    jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
-    workers = min(cfg.decode_workers, len(todo))  # none at all when everything is cached
     try:
-        with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
-            for i, result in enumerate(pool.imap(jobs), 1):
-                _handle(result, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess)
+        with source.outcomes(todo, retry) as outcomes:
+            for i, outcome in enumerate(outcomes, 1):
+                _store(outcome, cfg, store, writer, summary, dist_info)
                 if progress:
-                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures),
-                                             result.job.video_id))
+                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures), outcome.video_id))
         if writer.close_shard() is not None:
             log.debug("closed the last shard of rank %d", rank)
         distributed.barrier()  # every rank's shards are complete before the index is built
@@ -126,7 +184,7 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
             raise
         writer.abandon()
         left = len(todo) - summary.extracted - len(summary.failures)
-        raise disk_full(store.dir, left, summary.token_shape) from None
+        raise disk_full(store.dir, left, source.size) from None
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -158,41 +216,55 @@ def _partition(cfg: ExtractConfig, dist_info) -> tuple[int, int]:
     return dist_info.rank, dist_info.world_size
 
 
-def _handle(result: DecodeResult, encoder, cfg, store, writer, summary, dist_info, device, dtype, preprocess):
-    job = result.job
-    if result.error is not None:
-        return _fail(job, result.error, store, summary)
-    tokens = encode_frames(encoder, torch.from_numpy(result.frames), cfg.batch_size, device, dtype, preprocess)
-    attrs = dict(result.meta, path=str(job.path))
+def _store(outcome: Outcome, cfg: ExtractConfig, store: CacheStore, writer, summary: ExtractSummary,
+           dist_info) -> None:
+    if outcome.error is not None:
+        return _fail(outcome, outcome.error, store, summary)
     try:
-        completed = writer.add(job.video_id, tokens, attrs)
+        if outcome.pooled is None:
+            completed = writer.add(outcome.video_id, outcome.tokens, outcome.attrs)
+        else:
+            completed = writer.add_pooled(outcome.video_id, outcome.pooled, outcome.attrs)
     except NonFiniteTokens as err:  # never stored: the video is recorded as failed instead
-        return _fail(job, str(err), store, summary)
+        return _fail(outcome, str(err), store, summary)
     if completed is not None and dist_info.is_main:
         store.write_index(cfg.to_dict())  # readers see progress shard by shard
     summary.extracted += 1
-    summary.frames += tokens.shape[0]
+    summary.frames += outcome.frames
 
 
-def _fail(job: DecodeJob, reason: str, store: CacheStore, summary: ExtractSummary) -> None:
-    failure = Failure.of(job.video_id, job.path, reason)
+def _fail(outcome: Outcome, reason: str, store: CacheStore, summary: ExtractSummary) -> None:
+    failure = Failure.of(outcome.video_id, outcome.path, reason)
     store.record_failure(summary.rank, failure)
     summary.failures.append(failure)
-    log.info("%s: %s", job.path, reason)  # shown in the summary
+    log.info("%s: %s", outcome.path, reason)  # shown in the summary
+
+
+def encode_batches(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
+                   preprocess) -> Iterator[torch.Tensor]:
+    """(T, 3, h, w) uint8 -> (b, N, D) float16 tokens on the CPU, `batch_size` frames per forward, in order."""
+    from redvillm.frames import normalize
+
+    with torch.inference_mode():
+        for start in range(0, frames.shape[0], batch_size):
+            batch = frames[start : start + batch_size].to(device, non_blocking=True)
+            pixel_values = normalize(batch, preprocess, dtype)  # (b, 3, h, w)
+            yield encoder(pixel_values).to("cpu", torch.float16)  # (b, N, D)
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
                   preprocess) -> np.ndarray:
     """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward."""
-    from redvillm.frames import normalize
+    return torch.cat(list(encode_batches(encoder, frames, batch_size, device, dtype, preprocess))).numpy()
 
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, frames.shape[0], batch_size):
-            batch = frames[start : start + batch_size].to(device, non_blocking=True)
-            pixel_values = normalize(batch, preprocess, dtype)  # (b, 3, h, w)
-            parts.append(encoder(pixel_values).to("cpu", torch.float16))  # (b, N, D)
-    return torch.cat(parts).numpy()
+
+def encode_pooled(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
+                  preprocess, pool) -> PooledVideo:
+    """(T, 3, h, w) uint8 -> the video's pooled sets, pooled batch by batch: never a (T, N, D) array."""
+    running = RunningPool(pool)
+    for tokens in encode_batches(encoder, frames, batch_size, device, dtype, preprocess):
+        running.add(tokens.numpy())
+    return running.result()
 
 
 def _cache_info(cfg: ExtractConfig, family, encoder, preprocess, dtype: torch.dtype) -> CacheInfo:
@@ -214,7 +286,8 @@ def _cache_info(cfg: ExtractConfig, family, encoder, preprocess, dtype: torch.dt
         short_videos=cfg.short_videos,
         compute_dtype=str(dtype).removeprefix("torch."),
         redvillm_version=redvillm.__version__,
+        store=cfg.store,
     )
 
 
-__all__ = ["run_extract", "encode_frames", "ExtractSummary", "ExtractProgress"]
+__all__ = ["run_extract", "encode_frames", "encode_pooled", "ExtractSummary", "ExtractProgress", "Outcome"]
