@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, HDF5_DAMAGE, FORMAT, FORMAT_VERSION, POOLED_SETS, SHARD_GLOB,
+from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, HDF5_DAMAGE, FORMAT, FORMAT_VERSION, POOLED, POOLED_SETS, SHARD_GLOB,
                             CacheInfo, all_finite, cache_mismatch, count_nonfinite, dataset_name, error_line,
                             shard_videos, shards_dir)
 from redvillm.errors import UserError
@@ -259,7 +259,10 @@ class ShardWriter:
     def _videos(self) -> h5py.Group:
         """The open shard's `videos` group (a new shard is started when none is open)."""
         if self._file is None:
-            self._file = h5py.File(self._tmp_path(), "w")
+            # Pooled shards use HDF5 1.10's format: a one-chunk dataset then needs no chunk B-tree, ~1 KB
+            # of overhead per video instead of ~8 (raw shards keep the first release's format).
+            newer = {"libver": ("v110", "latest")} if self.info.store == POOLED else {}
+            self._file = h5py.File(self._tmp_path(), "w", **newer)
             _write_header(self._file, self.info)
             self._file.create_group("videos")
         return self._file["videos"]

@@ -40,7 +40,7 @@ A cache holds one of two stores, chosen by ``redvillm-extract --store``, never b
         videos/<name>           raw store: (T, N, D) float16 dataset, chunked one frame per chunk
                                 pooled store: a group holding the datasets
                                     temporal (T, D') float16 and spatial (N', D') float16,
-                                    one chunk each
+                                    one chunk each (the shard in HDF5 1.10's file format)
                                 every token dataset with the fletcher32 checksum filter; attrs
                                 of videos/<name> (the dataset, or the group):
                frame_indices (T,) int64   decoded frame numbers (repeats = a short video)
