@@ -75,7 +75,7 @@ def _print_summary(console: Console, summary) -> None:
         ("earlier failures, file unchanged (skipped)", summary.skipped_failures),
         ("extracted now", summary.extracted),
         ("failed now", len(summary.failures)),
-        ("frames encoded", summary.frames),
+        ("frames read from a raw cache" if summary.from_cache else "frames encoded", summary.frames),
         ("seconds", f"{summary.seconds:.1f}"),
         ("videos in the cache", summary.cached_total if summary.rank == 0 else "(written by rank 0)"),
         (f"{summary.size.store} tokens per video", f"{summary.size.shapes()} float16"),

@@ -44,7 +44,7 @@ class ExtractProgress:
 
     done: int  # videos handled by this process in this run (cached or failed)
     total: int  # videos this process has to handle in this run
-    frames: int  # frames encoded so far
+    frames: int  # frames encoded (or read from a raw cache) so far
     failed: int
     video_id: str
 
@@ -62,6 +62,7 @@ class ExtractSummary:
     cached_total: int = 0  # videos in the index at the end (all ranks)
     rank: int = 0
     size: StoredSize = StoredSize(RAW, 0, 0, 0)  # what a video with T frames or more stores
+    from_cache: bool = False  # VIDEOS was a raw cache: pooled from its tokens, nothing encoded
     notes: list[str] = field(default_factory=list)  # what `notify` was told (shards set aside, ...)
 
 
@@ -162,7 +163,7 @@ def _extract_locked(cfg: ExtractConfig, source, progress, notify, dist_info, ran
             and v.video_id not in retry and failed_before[v.video_id].unchanged()}
     todo = [v for v in todo if v.video_id not in skip]
     summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
-                             size=source.size)
+                             size=source.size, from_cache=not isinstance(source, EncodedSource))
     summary.notes = notes
 
     if todo and dist_info.is_main:  # torchrun ranks' parts differ by at most one video: rank 0 speaks for all
@@ -264,6 +265,7 @@ def encode_pooled(encoder, frames: torch.Tensor, batch_size: int, device: torch.
     running = RunningPool(pool)
     for tokens in encode_batches(encoder, frames, batch_size, device, dtype, preprocess):
         running.add(tokens.numpy())
+        del tokens  # not kept alive while the encoder computes the next batch
     return running.result()
 
 

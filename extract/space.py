@@ -1,8 +1,8 @@
 """Disk space: refuse a run the disk cannot hold before it starts, and a full disk in one line.
 
 A cached video takes T x N x D x 2 bytes in a raw cache, (T + N') x D' x 2 in a pooled one
-(float16; checksums, chunk index and per-video metadata add about 5 KB per raw video and 2 KB
-per pooled one, under 1% of a real video's tokens in either store). HDF5 keeps writing into a file after a failed write and can crash the process
+(float16; checksums, chunk index and per-video metadata add a few KB per video, under 1% of a
+real video's tokens in either store). HDF5 keeps writing into a file after a failed write and can crash the process
 when it closes it, so a full disk is handled by truncating the shard being written (freeing its
 space) before closing it, then removing it: complete shards are kept, and the same command
 resumes once space is freed.

@@ -32,7 +32,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from redvillm.cache import count_nonfinite
+from redvillm.cache import all_finite, count_nonfinite
 
 Pool = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # a family's pool: (T, N, D) -> (T, D'), (N', D')
 
@@ -59,7 +59,8 @@ class RunningPool:
     def add(self, tokens: np.ndarray) -> None:
         """The next frames' tokens, (b, N, D), any float dtype (rounded to float16 here)."""
         tokens = np.asarray(tokens).astype(np.float16, copy=False)
-        self.nonfinite += count_nonfinite(tokens)
+        if not all_finite(tokens):  # checked in blocks; counting allocates a batch-sized mask
+            self.nonfinite += count_nonfinite(tokens)
         self.values += tokens.size
         for frame in tokens:
             temporal, units = self.pool(torch.from_numpy(np.ascontiguousarray(frame[None])))  # (1, D'), (N', D')
