@@ -219,3 +219,20 @@ def test_an_interrupted_pooled_extraction_resumes_every_video_exactly_once(store
     for video_id in clean:
         assert all(a.tobytes() == b.tobytes() for a, b in zip(resumed.pooled(video_id, None),
                                                               clean.pooled(video_id, None)))
+
+
+def test_training_skips_a_pooled_video_that_is_not_finite_as_it_does_in_a_raw_cache(stores, qa_file, tiny_llava,
+                                                                                    tmp_path):
+    out = copy_cache(stores["converted"], tmp_path / "out.h5")
+    shard = open_cache(out).shard_path("order_0001")
+    with h5py.File(shard, "r+") as f:  # h5py recomputes the checksum: only the finite check sees it
+        spatial = f["videos"]["order_0001"]["spatial"]
+        spatial[0, :5] = np.nan
+    cfg = dict(model=str(tiny_llava), batch_size=4, max_steps=1, num_workers=0, device="cpu")
+    summary = run_train(TrainConfig(str(out), str(qa_file), str(tmp_path / "run"), **cfg))
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())["bad_videos"]
+    assert summary.skipped_videos == 1 and all(np.isfinite(summary.losses))
+    assert [(s["video_id"], s["shard"], s["why"]) for s in skipped] == [
+        ("order_0001", str(shard), "5 of 3136 token values are not finite")]
+    with pytest.raises(UserError, match=r"video 'order_0001': 5 of 3136 token values are not finite.*--strict"):
+        run_train(TrainConfig(str(out), str(qa_file), str(tmp_path / "strict"), strict=True, **cfg))
