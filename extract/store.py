@@ -6,7 +6,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,13 +104,17 @@ class CacheStore:
                 raise UserError(f"{path}: exists but is not a readable redvillm cache; "
                                 "move it away or pass --overwrite") from None
             why = cache_mismatch(theirs, self.info, append=True, cached_as="there", wanted_as="here")
-            if why and theirs.store != self.info.store:  # one store per cache (redvillm.cache)
-                raise UserError(f"{path}: holds {theirs.store} tokens, this run writes {self.info.store} ones ({why}); "
-                                f"pass --store {theirs.store} to add to it, use another OUT, or --overwrite to replace it")
             if why:
-                raise UserError(f"{path}: made for another configuration ({why}); "
-                                "use another OUT or pass --overwrite to replace it")
+                raise UserError(f"{path}: {self._refusal(theirs, why)}")
         return notes
+
+    def _refusal(self, theirs: CacheInfo, why: str) -> str:
+        """What is wrong with adding to a cache of `theirs`, and the fix; one store per cache (redvillm.cache)."""
+        if theirs.store == self.info.store:
+            return f"made for another configuration ({why}); use another OUT or pass --overwrite to replace it"
+        only_store = cache_mismatch(replace(theirs, store=self.info.store), self.info, append=True) is None
+        fix = f"pass --store {theirs.store} to add to it, use another OUT," if only_store else "use another OUT"
+        return f"holds {theirs.store} tokens, this run writes {self.info.store} ones ({why}); {fix} or --overwrite to replace it"
 
     def _ours(self, index: Path) -> bool:
         """An unreadable OUT that extract wrote (a torn HDF5 file, or beside our shards), not a stranger's file."""

@@ -169,6 +169,10 @@ def test_stores_are_never_mixed(stores, synthetic_videos, tiny_llava, tmp_path):
         with pytest.raises(UserError) as err:
             extract(*args, store=store)
         assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    with pytest.raises(UserError) as err:  # not the store alone: --store would not do
+        extract(synthetic_videos, raw, tiny_llava, store="pooled", num_frames=4)
+    assert str(err.value) == f"{raw}: holds raw tokens, this run writes pooled ones (num_frames is 8 there, 4 here); " \
+                             "use another OUT or --overwrite to replace it"
     assert sorted(open_cache(raw)) == sorted(open_cache(stores["raw"]))  # nothing was added
 
 
