@@ -21,6 +21,7 @@ from redvillm.cache import open_cache
 from redvillm.data.synthetic import CONTROL_TASKS, TEMPORAL_TASKS
 from redvillm.families.registry import family_for_cache
 from redvillm.model_io import load_model
+from redvillm.pooled_sets import cached_tokens
 
 
 @torch.no_grad()
@@ -44,7 +45,7 @@ def forced_choice_by_task(run_dir: Path, cache_path: Path, split_dir: Path, batc
         chunk = videos[start : start + batch]
         samples = []
         for video_id in chunk:
-            temporal, spatial = family.pool(torch.from_numpy(cache[video_id]))
+            temporal, spatial = cached_tokens(cache, family.pool, video_id)  # either store
             for answer in (qa[video_id]["a"], qa[twin[video_id]]["a"]):
                 samples.append(VideoSample(model.chat.encode(qa[video_id]["q"], answer), temporal, spatial))
         scores = model.answer_logprobs(model.batch(samples)).view(-1, 2)

@@ -38,6 +38,7 @@ from redvillm.evaluate.questions import Question, read_questions
 from redvillm.families.registry import family_for_cache
 from redvillm.generation import generate_answers
 from redvillm.model_io import check_cache_for_run, load_model, write_json
+from redvillm.pooled_sets import cached_tokens
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,8 @@ class _PooledVideos:
         self._items: OrderedDict[str, tuple] = OrderedDict()
 
     def get(self, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if video_id not in self._items:
-            self._items[video_id] = self.pool(torch.from_numpy(self.cache[video_id]))  # (T, D), (N, D)
+        if video_id not in self._items:  # a raw or a pooled cache: the same values (redvillm.pooled_sets)
+            self._items[video_id] = cached_tokens(self.cache, self.pool, video_id)  # (T, D'), (N', D')
             if len(self._items) > self.size:
                 self._items.popitem(last=False)
         self._items.move_to_end(video_id)

@@ -23,7 +23,10 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
     """Cache the frozen vision encoder's frame tokens of every video in VIDEOS to OUTPUT (HDF5).
 
     VIDEOS is a folder (searched recursively) or a .txt/.json list of paths. Rerunning the same
-    command resumes; under torchrun each rank takes its own part of the videos.
+    command resumes; under torchrun each rank takes its own part of the videos. --store pooled
+    keeps only each video's pooled sets. VIDEOS may also be a raw cache (RAW.h5): with --store
+    pooled its tokens are pooled into OUTPUT without decoding or encoding (the model and frame
+    settings are the raw cache's).
     """
     quiet_libraries()
     cfg = config_from(ctx, ExtractConfig, config_file, **flags)
@@ -72,10 +75,10 @@ def _print_summary(console: Console, summary) -> None:
         ("earlier failures, file unchanged (skipped)", summary.skipped_failures),
         ("extracted now", summary.extracted),
         ("failed now", len(summary.failures)),
-        ("frames encoded", summary.frames),
+        ("frames read from a raw cache" if summary.from_cache else "frames encoded", summary.frames),
         ("seconds", f"{summary.seconds:.1f}"),
         ("videos in the cache", summary.cached_total if summary.rank == 0 else "(written by rank 0)"),
-        ("tokens per video (T, N, D)", f"{summary.token_shape} float16"),
+        (f"{summary.size.store} tokens per video", f"{summary.size.shapes()} float16"),
     ]
     for name, value in rows:
         table.add_row(name, str(value))

@@ -14,7 +14,7 @@ DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 
 @dataclass
 class ExtractConfig:
-    videos: str = setting(path=True)  # folder of videos (recursive) or a .txt/.json list of paths
+    videos: str = setting(path=True)  # folder of videos (recursive), a .txt/.json list of paths, or a raw cache
     output: str = setting(path=True)  # OUT.h5; shards go to OUT.shards/ beside it
     model: str = setting(DEFAULT_MODEL, "Hub id or local checkpoint directory of the image LLM.")
     revision: str | None = setting(None, "Hub revision (branch, tag or commit).")
@@ -25,6 +25,9 @@ class ExtractConfig:
     sampling: SamplingRule = setting("uniform", "Frame index rule; videochatgpt reproduces Video-ChatGPT's extractor.")
     short_videos: ShortVideoPolicy = setting("repeat", "Videos with fewer than T frames: repeat frames up to T, or "
                                                        "keep fewer rows.")
+    store: Literal["raw", "pooled"] = setting(
+        "raw", "raw: each video's (T, N, D) frame tokens (any ablation over them); pooled: only its pooled temporal "
+               "(T, D') and spatial (N', D') sets, what training and evaluation read (~1/80 of raw; README: Stores).")
     batch_size: int = setting(32, "Frames per vision-encoder forward.")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(

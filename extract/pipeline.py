@@ -1,14 +1,20 @@
 """``run_extract``: videos -> frozen vision encoder -> HDF5 token cache (stage one).
 
+The cache holds each video's (T, N, D) tokens (``--store raw``) or only its pooled sets
+(``--store pooled``, redvillm.cache); a pooled run pools each batch of frames as the encoder
+gives it (redvillm.pooled_sets) and never holds a video's (T, N, D) tokens. VIDEOS may also be
+a raw cache, pooled into OUT without decoding or encoding (extract/convert.py): both are a
+*source* of per-video outcomes, and everything else (resume, failures, shards, the index,
+disk space) is this module's, the same for both.
 Shape letters: T frames, N patches per frame, D vision width.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,16 +24,17 @@ import torch
 import redvillm
 from redvillm import distributed
 from redvillm.memory import pin_mmap_threshold
-from redvillm.cache import CacheInfo
+from redvillm.cache import RAW, CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.cores import EncoderThreads, auto_decode_workers
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, retry_due
 from redvillm.extract.lock import lock_output
-from redvillm.extract.space import check_space, disk_full, is_disk_full
+from redvillm.extract.space import StoredSize, check_space, disk_full, is_disk_full
 from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
 from redvillm.extract.videos import Video, find_videos
 from redvillm.families.registry import load_family
+from redvillm.pooled_sets import PooledVideo, RunningPool, pooled_shape
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ class ExtractProgress:
 
     done: int  # videos handled by this process in this run (cached or failed)
     total: int  # videos this process has to handle in this run
-    frames: int  # frames encoded so far
+    frames: int  # frames encoded (or read from a raw cache) so far
     failed: int
     video_id: str
 
@@ -55,11 +62,12 @@ class ExtractSummary:
     seconds: float = 0.0
     cached_total: int = 0  # videos in the index at the end (all ranks)
     rank: int = 0
-    token_shape: tuple[int, int, int] = (0, 0, 0)  # (T, N, D) of a video with T frames or more
+    size: StoredSize = StoredSize(RAW, 0, 0, 0)  # what a video with T frames or more stores
+    from_cache: bool = False  # VIDEOS was a raw cache: pooled from its tokens, nothing encoded
     notes: list[str] = field(default_factory=list)  # what `notify` was told (shards set aside, ...)
     decode_workers: int = 0
     decode_seconds: float = 0.0  # summed over decoders: busy share = decode_seconds / (workers x seconds)
-    encode_seconds: float = 0.0  # the encoder's time, from frames in to float16 tokens out
+    encode_seconds: float = 0.0  # the encoder's time, from frames in to float16 tokens (or pooled sets) out
 
     def busy(self) -> tuple[float, float]:
         """(decoders, encoder): the share of this run's wall time each side was working."""
@@ -79,9 +87,22 @@ class ExtractSummary:
                 f"the limit was {side}")
 
 
+@dataclass
+class Outcome:
+    """One video as a source gives it: what to store (tokens or pooled, by the store), or why not."""
+
+    video_id: str
+    path: Path
+    error: str | None = None
+    tokens: np.ndarray | None = None  # raw store: (T, N, D) float16
+    pooled: PooledVideo | None = None  # pooled store
+    attrs: dict = field(default_factory=dict)  # per-video provenance (redvillm.cache)
+    frames: int = 0
+
+
 def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None,
                 notify: Callable[[str], None] | None = None) -> ExtractSummary:
-    """Cache every video's (T, N, D) frame tokens; resumable, shardable across processes.
+    """Cache every video's frame tokens or pooled sets (cfg.store); resumable, shardable across processes.
 
     `notify` gets one line per thing the user should know before the run goes on (a damaged
     shard set aside, an index to rebuild, the disk space the run needs); default: logged.
@@ -89,24 +110,76 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     Decoders are spawned processes: a script calling this must guard its own top level with
     ``if __name__ == "__main__":`` (as any multiprocessing program must).
     """
+    from redvillm.extract.convert import CachedSource, is_cache
+
     pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     dist_info = distributed.init_from_env()
     rank, world = _partition(cfg, dist_info)
-    videos = find_videos(cfg.videos)
+    source = CachedSource(cfg) if is_cache(cfg.videos) else EncodedSource(cfg)
     with lock_output(Path(cfg.output), rank):  # before anything is read or removed there
-        return _extract_locked(cfg, progress, notify or log.warning, videos, dist_info, rank, world, started)
+        source.prepare(dist_info)
+        return _extract_locked(cfg, source, progress, notify or log.warning, dist_info, rank, world, started)
 
 
-def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], dist_info, rank: int, world: int,
+class EncodedSource:
+    """VIDEOS decoded in worker processes and encoded here: whole (raw) or pooled batch by batch."""
+
+    def __init__(self, cfg: ExtractConfig):
+        self.cfg = cfg
+        self.videos: list[Video] = find_videos(cfg.videos)
+        self.decode_workers, self.decode_seconds, self.encode_seconds = 0, 0.0, 0.0  # for the summary
+        self.threads: EncoderThreads | None = None
+
+    def prepare(self, dist_info) -> None:
+        """Load the encoder (after OUT is locked); sets `info` and `size`."""
+        cfg = self.cfg
+        self.device = distributed.resolve_device(cfg.device, dist_info)
+        self.dtype = distributed.resolve_dtype(cfg.dtype, self.device)
+        self.family = load_family(cfg.model, cfg.revision, cfg.image_size)
+        self.encoder = self.family.load_frame_encoder(self.device, self.dtype)
+        self.preprocess = self.family.frame_preprocess()
+        self.info = _cache_info(cfg, self.family, self.encoder, self.preprocess, self.dtype)
+        units, width = self.encoder.num_patches, self.encoder.hidden_size
+        if cfg.store != RAW:
+            units, width = pooled_shape(self.family.pool, units, width)
+        self.size = StoredSize(cfg.store, cfg.num_frames, units, width)
+
+    @contextmanager
+    def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
+        cfg = self.cfg
+        settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, self.preprocess)
+        jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
+        wanted = auto_decode_workers(self.device) if cfg.decode_workers == "auto" else cfg.decode_workers
+        self.decode_workers = min(wanted, len(todo))  # none at all when everything is cached
+        with DecodePool(settings, self.decode_workers, cfg.decode_timeout, cfg.recycle_after) as pool:
+            if self.device.type == "cpu":  # the encoder takes the cores no decoder is using (extract/cores.py)
+                self.threads = EncoderThreads(pool.decoding_now, cfg.threads)
+            try:
+                yield (self._outcome(result) for result in pool.imap(jobs))
+            finally:
+                self.decode_seconds = pool.decode_seconds
+
+    def _outcome(self, result: DecodeResult) -> Outcome:
+        job = result.job
+        if result.error is not None:
+            return Outcome(job.video_id, job.path, error=result.error)
+        frames = torch.from_numpy(result.frames)
+        outcome = Outcome(job.video_id, job.path, attrs=dict(result.meta, path=str(job.path)), frames=len(frames))
+        args = (self.encoder, frames, self.cfg.batch_size, self.device, self.dtype, self.preprocess)
+        before_batch = self.threads and self.threads.before_batch
+        began = time.perf_counter()
+        if self.cfg.store == RAW:
+            outcome.tokens = encode_frames(*args, before_batch=before_batch)
+        else:
+            outcome.pooled = encode_pooled(*args, pool=self.family.pool, before_batch=before_batch)
+        self.encode_seconds += time.perf_counter() - began
+        return outcome
+
+
+def _extract_locked(cfg: ExtractConfig, source, progress, notify, dist_info, rank: int, world: int,
                     started: float) -> ExtractSummary:
-    device = distributed.resolve_device(cfg.device, dist_info)
-    dtype = distributed.resolve_dtype(cfg.dtype, device)
-    family = load_family(cfg.model, cfg.revision, cfg.image_size)
-    encoder = family.load_frame_encoder(device, dtype)
-    preprocess = family.frame_preprocess()
-    info = _cache_info(cfg, family, encoder, preprocess, dtype)
-
+    info, videos = source.info, source.videos
     index = Path(cfg.output)
     notes: list[str] = []
     tell = lambda line: (notes.append(line), notify(line))  # noqa: E731
@@ -120,27 +193,21 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
             and v.video_id not in retry and failed_before[v.video_id].unchanged()}
     todo = [v for v in todo if v.video_id not in skip]
     summary = ExtractSummary(index, len(videos), len(mine) - len(todo) - len(skip), len(skip), 0, rank=rank,
-                             token_shape=(info.num_frames, info.num_patches, info.hidden_size))
+                             size=source.size, from_cache=not isinstance(source, EncodedSource))
     summary.notes = notes
 
     if todo and dist_info.is_main:  # torchrun ranks' parts differ by at most one video: rank 0 speaks for all
-        tell(check_space(store.dir, len(todo) * dist_info.world_size, summary.token_shape, cfg.no_space_check))
-    settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
+        tell(check_space(store.dir, len(todo) * dist_info.world_size, source.size, cfg.no_space_check))
     writer = store.shard_writer(rank, cfg.shard_bytes)
-    jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
-    wanted = auto_decode_workers(device) if cfg.decode_workers == "auto" else cfg.decode_workers
-    workers = summary.decode_workers = min(wanted, len(todo))  # none at all when everything is cached
     try:
-        with DecodePool(settings, workers, cfg.decode_timeout, cfg.recycle_after) as pool:
-            threads = EncoderThreads(pool.decoding_now, cfg.threads) if device.type == "cpu" else None
-            encode = functools.partial(encode_frames, encoder, batch_size=cfg.batch_size, device=device, dtype=dtype,
-                                       preprocess=preprocess, before_batch=threads and threads.before_batch)
-            for i, result in enumerate(pool.imap(jobs), 1):
-                _handle(result, encode, cfg, store, writer, summary, dist_info)
+        with source.outcomes(todo, retry) as outcomes:
+            for i, outcome in enumerate(outcomes, 1):
+                _store(outcome, cfg, store, writer, summary, dist_info)
                 if progress:
-                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures),
-                                             result.job.video_id))
-            summary.decode_seconds = pool.decode_seconds
+                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures), outcome.video_id))
+        if isinstance(source, EncodedSource):
+            summary.decode_workers, summary.decode_seconds = source.decode_workers, source.decode_seconds
+            summary.encode_seconds = source.encode_seconds
         if writer.close_shard() is not None:
             log.debug("closed the last shard of rank %d", rank)
         distributed.barrier()  # every rank's shards are complete before the index is built
@@ -151,7 +218,7 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
             raise
         writer.abandon()
         left = len(todo) - summary.extracted - len(summary.failures)
-        raise disk_full(store.dir, left, summary.token_shape) from None
+        raise disk_full(store.dir, left, source.size) from None
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -183,48 +250,61 @@ def _partition(cfg: ExtractConfig, dist_info) -> tuple[int, int]:
     return dist_info.rank, dist_info.world_size
 
 
-def _handle(result: DecodeResult, encode: Callable[[torch.Tensor], np.ndarray], cfg, store, writer, summary,
-            dist_info) -> None:
-    job = result.job
-    if result.error is not None:
-        return _fail(job, result.error, store, summary)
-    began = time.perf_counter()
-    tokens = encode(torch.from_numpy(result.frames))
-    summary.encode_seconds += time.perf_counter() - began
-    attrs = dict(result.meta, path=str(job.path))
+def _store(outcome: Outcome, cfg: ExtractConfig, store: CacheStore, writer, summary: ExtractSummary,
+           dist_info) -> None:
+    if outcome.error is not None:
+        return _fail(outcome, outcome.error, store, summary)
     try:
-        completed = writer.add(job.video_id, tokens, attrs)
+        if outcome.pooled is None:
+            completed = writer.add(outcome.video_id, outcome.tokens, outcome.attrs)
+        else:
+            completed = writer.add_pooled(outcome.video_id, outcome.pooled, outcome.attrs)
     except NonFiniteTokens as err:  # never stored: the video is recorded as failed instead
-        return _fail(job, str(err), store, summary)
+        return _fail(outcome, str(err), store, summary)
     if completed is not None and dist_info.is_main:
         store.write_index(cfg.to_dict())  # readers see progress shard by shard
     summary.extracted += 1
-    summary.frames += tokens.shape[0]
+    summary.frames += outcome.frames
 
 
-def _fail(job: DecodeJob, reason: str, store: CacheStore, summary: ExtractSummary) -> None:
-    failure = Failure.of(job.video_id, job.path, reason)
+def _fail(outcome: Outcome, reason: str, store: CacheStore, summary: ExtractSummary) -> None:
+    failure = Failure.of(outcome.video_id, outcome.path, reason)
     store.record_failure(summary.rank, failure)
     summary.failures.append(failure)
-    log.info("%s: %s", job.path, reason)  # shown in the summary
+    log.info("%s: %s", outcome.path, reason)  # shown in the summary
 
 
-def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  preprocess, before_batch: Callable[[], None] | None = None) -> np.ndarray:
-    """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward.
+def encode_batches(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
+                   preprocess, before_batch: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
+    """(T, 3, h, w) uint8 -> (b, N, D) float16 tokens on the CPU, `batch_size` frames per forward, in order.
 
     `before_batch` runs before each forward (EncoderThreads: the CPU threads follow the decoders)."""
     from redvillm.frames import normalize
 
-    parts = []
     with torch.inference_mode():
         for start in range(0, frames.shape[0], batch_size):
             if before_batch is not None:
                 before_batch()
             batch = frames[start : start + batch_size].to(device, non_blocking=True)
             pixel_values = normalize(batch, preprocess, dtype)  # (b, 3, h, w)
-            parts.append(encoder(pixel_values).to("cpu", torch.float16))  # (b, N, D)
-    return torch.cat(parts).numpy()
+            yield encoder(pixel_values).to("cpu", torch.float16)  # (b, N, D)
+
+
+def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
+                  preprocess, before_batch: Callable[[], None] | None = None) -> np.ndarray:
+    """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward."""
+    batches = encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch)
+    return torch.cat(list(batches)).numpy()
+
+
+def encode_pooled(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
+                  preprocess, pool, before_batch: Callable[[], None] | None = None) -> PooledVideo:
+    """(T, 3, h, w) uint8 -> the video's pooled sets, pooled batch by batch: never a (T, N, D) array."""
+    running = RunningPool(pool)
+    for tokens in encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch):
+        running.add(tokens.numpy())
+        del tokens  # not kept alive while the encoder computes the next batch
+    return running.result()
 
 
 def _cache_info(cfg: ExtractConfig, family, encoder, preprocess, dtype: torch.dtype) -> CacheInfo:
@@ -246,7 +326,8 @@ def _cache_info(cfg: ExtractConfig, family, encoder, preprocess, dtype: torch.dt
         short_videos=cfg.short_videos,
         compute_dtype=str(dtype).removeprefix("torch."),
         redvillm_version=redvillm.__version__,
+        store=cfg.store,
     )
 
 
-__all__ = ["run_extract", "encode_frames", "ExtractSummary", "ExtractProgress"]
+__all__ = ["run_extract", "encode_frames", "encode_pooled", "ExtractSummary", "ExtractProgress", "Outcome"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import h5py
 
-from redvillm.cache import HDF5_DAMAGE, all_finite, count_nonfinite, error_line, shard_videos
+from redvillm.cache import HDF5_DAMAGE, POOLED_SETS, all_finite, count_nonfinite, error_line, shard_videos
 
 DAMAGED_SUFFIX = ".damaged"
 
@@ -52,11 +52,13 @@ def shard_damage(shard: Path, verify: bool) -> str | None:
 def _first_bad_video(f: h5py.File, videos: dict[str, str]) -> str | None:
     for video_id, name in videos.items():
         try:
-            tokens = f["videos"][name][()]
+            node = f["videos"][name]  # raw: the tokens; pooled: a group of the two sets
+            stored = [node[()]] if isinstance(node, h5py.Dataset) else [node[key][()] for key in POOLED_SETS]
         except HDF5_DAMAGE as err:
             return f"video {video_id!r} is unreadable ({error_line(err)})"
-        if not all_finite(tokens):
-            return f"video {video_id!r} has {count_nonfinite(tokens)} non-finite token values"
+        for tokens in stored:
+            if not all_finite(tokens):
+                return f"video {video_id!r} has {count_nonfinite(tokens)} non-finite token values"
     return None
 
 

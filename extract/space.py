@@ -1,7 +1,8 @@
 """Disk space: refuse a run the disk cannot hold before it starts, and a full disk in one line.
 
-A cached video takes T x N x D x 2 bytes (float16; the checksums and per-frame chunk index add
-well under 1%). HDF5 keeps writing into a file after a failed write and can crash the process
+A cached video takes T x N x D x 2 bytes in a raw cache, (T + N') x D' x 2 in a pooled one
+(float16; checksums, chunk index and per-video metadata add a few KB per video, under 1% of a
+real video's tokens in either store). HDF5 keeps writing into a file after a failed write and can crash the process
 when it closes it, so a full disk is handled by truncating the shard being written (freeing its
 space) before closing it, then removing it: complete shards are kept, and the same command
 resumes once space is freed.
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+from redvillm.cache import RAW
 from redvillm.errors import UserError
 
 
@@ -24,30 +27,47 @@ def human(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_space(directory: Path, videos: int, shape: tuple[int, int, int], skip: bool) -> str:
+@dataclass(frozen=True)
+class StoredSize:
+    """The shape of what one video stores: raw (T, N, D), or pooled (T, N', D') meaning the sets
+    (T, D') and (N', D') (redvillm.cache)."""
+
+    store: str
+    frames: int  # T
+    units: int  # N, or N' pooled
+    width: int  # D, or D' pooled
+
+    @property
+    def bytes(self) -> int:
+        count = self.frames * self.units if self.store == RAW else self.frames + self.units
+        return count * self.width * 2  # float16
+
+    def formula(self) -> str:
+        t, n, d = self.frames, self.units, self.width
+        return f"T {t} x N {n} x D {d} x 2 bytes" if self.store == RAW else f"(T {t} + N' {n}) x D' {d} x 2 bytes"
+
+    def shapes(self) -> str:
+        t, n, d = self.frames, self.units, self.width
+        return f"(T, N, D) = {(t, n, d)}" if self.store == RAW else f"temporal (T, D') = {(t, d)}, spatial (N', D') = {(n, d)}"
+
+
+def check_space(directory: Path, videos: int, size: StoredSize, skip: bool) -> str:
     """The estimate as one line; UserError instead if the disk holding `directory` cannot take it."""
-    need = videos * video_bytes(shape)
+    need = videos * size.bytes
     free = shutil.disk_usage(directory).free
-    t, n, d = shape
-    line = (f"{directory}: this run writes about {human(need)} ({videos} videos x T {t} x N {n} x D {d} x 2 bytes); "
-            f"{human(free)} free there")
+    line = f"{directory}: this run writes about {human(need)} ({videos} videos x {size.formula()}); {human(free)} free there"
     if need > free and not skip:
         raise UserError(f"{line}: not enough; free {human(need - free)} or more, write to another OUT, "
                         "or pass --no-space-check to start anyway")
     return line
 
 
-def video_bytes(shape: tuple[int, int, int]) -> int:
-    t, n, d = shape
-    return t * n * d * 2
-
-
 def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and (err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err))
 
 
-def disk_full(directory: Path, videos_left: int, shape: tuple[int, int, int]) -> UserError:
+def disk_full(directory: Path, videos_left: int, size: StoredSize) -> UserError:
     free = shutil.disk_usage(directory).free
-    need = videos_left * video_bytes(shape)
+    need = videos_left * size.bytes
     return UserError(f"{directory}: disk full ({human(free)} free); the {videos_left} videos left need about "
                      f"{human(need)} more; free space and rerun the same command to resume (complete shards are kept)")

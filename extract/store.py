@@ -1,4 +1,4 @@
-"""Writing the cache laid out in ``redvillm.cache``: shards, failures, the index, resume state."""
+"""Writing the cache laid out in ``redvillm.cache`` (either store): shards, failures, the index, resume state."""
 
 from __future__ import annotations
 
@@ -6,17 +6,22 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
-from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, HDF5_DAMAGE, FORMAT, FORMAT_VERSION, SHARD_GLOB, CacheInfo, all_finite,
-                            cache_mismatch, count_nonfinite, dataset_name, error_line, shard_videos, shards_dir)
+from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, HDF5_DAMAGE, FORMAT, FORMAT_VERSION, POOLED, POOLED_SETS, SHARD_GLOB,
+                            CacheInfo, all_finite, cache_mismatch, count_nonfinite, dataset_name, error_line,
+                            shard_videos, shards_dir)
 from redvillm.errors import UserError
 from redvillm.extract.repair import set_aside_damaged
 from redvillm.journal import append_journal, read_journal
+
+if TYPE_CHECKING:
+    from redvillm.pooled_sets import PooledVideo
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _SHARD_NAME = re.compile(r"^r(\d{3})-(\d{5})\.h5$")
@@ -100,9 +105,16 @@ class CacheStore:
                                 "move it away or pass --overwrite") from None
             why = cache_mismatch(theirs, self.info, append=True, cached_as="there", wanted_as="here")
             if why:
-                raise UserError(f"{path}: made for another configuration ({why}); "
-                                "use another OUT or pass --overwrite to replace it")
+                raise UserError(f"{path}: {self._refusal(theirs, why)}")
         return notes
+
+    def _refusal(self, theirs: CacheInfo, why: str) -> str:
+        """What is wrong with adding to a cache of `theirs`, and the fix; one store per cache (redvillm.cache)."""
+        if theirs.store == self.info.store:
+            return f"made for another configuration ({why}); use another OUT or pass --overwrite to replace it"
+        only_store = cache_mismatch(replace(theirs, store=self.info.store), self.info, append=True) is None
+        fix = f"pass --store {theirs.store} to add to it, use another OUT," if only_store else "use another OUT"
+        return f"holds {theirs.store} tokens, this run writes {self.info.store} ones ({why}); {fix} or --overwrite to replace it"
 
     def _ours(self, index: Path) -> bool:
         """An unreadable OUT that extract wrote (a torn HDF5 file, or beside our shards), not a stranger's file."""
@@ -193,7 +205,12 @@ def nonfinite_reason(tokens: np.ndarray) -> str | None:
     """Why float16 tokens cannot be stored (NaN, or inf from an overflow past 65504), or None."""
     if all_finite(tokens):
         return None
-    return (f"{count_nonfinite(tokens)} of {tokens.size} token values are not finite in {tokens.dtype} "
+    return nonfinite_message(count_nonfinite(tokens), tokens.size)
+
+
+def nonfinite_message(bad: int, values: int) -> str:
+    """The refusal of a video whose frame tokens hold `bad` NaN/inf values out of `values` (either store)."""
+    return (f"{bad} of {values} token values are not finite in float16 "
             "(NaN, or beyond float16's range of 65504); not stored")
 
 
@@ -217,7 +234,7 @@ class ShardWriter:
         self._bytes = 0
 
     def add(self, video_id: str, tokens: np.ndarray, attrs: dict) -> Path | None:
-        """Store (T, N, D) tokens; returns the shard path if this completed a shard.
+        """Store (T, N, D) tokens in a raw cache; returns the shard path if this completed a shard.
 
         One chunk per frame keeps a whole-video read one pass over the file, and fletcher32 makes
         a corrupted block fail its read instead of coming back as numbers.
@@ -226,15 +243,38 @@ class ShardWriter:
         why = nonfinite_reason(tokens)  # after the cast: an overflow past 65504 is an inf too
         if why is not None:
             raise NonFiniteTokens(why)
+        dataset = self._videos().create_dataset(dataset_name(video_id), data=tokens, chunks=(1, *tokens.shape[1:]),
+                                                fletcher32=True)
+        return self._added(dataset, attrs, dataset.nbytes)
+
+    def add_pooled(self, video_id: str, pooled: PooledVideo, attrs: dict) -> Path | None:
+        """Store one video's pooled sets in a pooled cache (a group of two datasets, one chunk each);
+        refused like ``add`` when its frame tokens held NaN/inf."""
+        if pooled.nonfinite:
+            raise NonFiniteTokens(nonfinite_message(pooled.nonfinite, pooled.values))
+        sets = [getattr(pooled, name).astype(np.float16, copy=False) for name in POOLED_SETS]
+        if not all(all_finite(values) for values in sets):  # unreachable from finite frames; never store one
+            raise NonFiniteTokens("its pooled tokens are not finite in float16; not stored")
+        group = self._videos().create_group(dataset_name(video_id))
+        for name, values in zip(POOLED_SETS, sets):
+            group.create_dataset(name, data=values, chunks=values.shape, fletcher32=True)
+        return self._added(group, attrs, sum(values.nbytes for values in sets))
+
+    def _videos(self) -> h5py.Group:
+        """The open shard's `videos` group (a new shard is started when none is open)."""
         if self._file is None:
-            self._file = h5py.File(self._tmp_path(), "w")
+            # Pooled shards use HDF5 1.10's format: a one-chunk dataset then needs no chunk B-tree, ~1 KB
+            # of overhead per video instead of ~8 (raw shards keep the first release's format).
+            newer = {"libver": ("v110", "latest")} if self.info.store == POOLED else {}
+            self._file = h5py.File(self._tmp_path(), "w", **newer)
             _write_header(self._file, self.info)
             self._file.create_group("videos")
-        dataset = self._file["videos"].create_dataset(dataset_name(video_id), data=tokens,
-                                                      chunks=(1, *tokens.shape[1:]), fletcher32=True)
+        return self._file["videos"]
+
+    def _added(self, node: h5py.Dataset | h5py.Group, attrs: dict, nbytes: int) -> Path | None:
         for key, value in attrs.items():
-            dataset.attrs[key] = _storable(value)
-        self._bytes += dataset.nbytes
+            node.attrs[key] = _storable(value)
+        self._bytes += nbytes
         return self.close_shard() if self._bytes >= self.max_bytes else None
 
     def close_shard(self) -> Path | None:

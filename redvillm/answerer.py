@@ -8,9 +8,11 @@
 A video given as a path goes through stage one's own code: decoded in a worker process (a file
 that hangs is timed out), sampled, resized and encoded exactly as the run's cache was (frame
 count, sampling rule, short-video policy and frame size are read from the run), then pooled by
-the family. A video may also be given as its pooled tokens, e.g. from a cache::
+the family, frame batch by frame batch (redvillm.pooled_sets: the same values a raw or a pooled
+cache of the video gives). A video may also be given as its pooled tokens, e.g. from a cache of
+either store::
 
-    temporal, spatial = answerer.family.pool(torch.from_numpy(cache["video_id"]))
+    temporal, spatial = answerer.cached(open_cache("out.h5"), "video_id")
 
 Shape letters: T frames, N patches, D vision width.
 """
@@ -30,7 +32,7 @@ from redvillm.errors import UserError
 from redvillm.generation import Answer, OnText, generate_rows, row_stops
 
 ENCODE_BATCH = 32  # frames per vision-encoder forward, as redvillm-extract's default
-Tokens = tuple[torch.Tensor, torch.Tensor]  # pooled (temporal (T, D), spatial (N, D))
+Tokens = tuple[torch.Tensor, torch.Tensor]  # pooled (temporal (T, D'), spatial (N', D')) float32
 Video = "str | os.PathLike | Tokens"
 
 
@@ -177,13 +179,19 @@ class VideoAnswerer:
                 self._recent.popitem(last=False)
 
     def _encode(self, frames) -> Tokens:
-        from redvillm.extract.pipeline import encode_frames
+        from redvillm.extract.pipeline import encode_pooled
 
         if self._encoder is None:
             self._encoder = self.family.load_frame_encoder(self.model.device, self.model.dtype)
-        tokens = encode_frames(self._encoder, torch.from_numpy(frames), ENCODE_BATCH, self.model.device,
-                               self.model.dtype, self.family.frame_preprocess())  # (T, N, D) float16
-        return self.family.pool(torch.from_numpy(tokens))
+        pooled = encode_pooled(self._encoder, torch.from_numpy(frames), ENCODE_BATCH, self.model.device,
+                               self.model.dtype, self.family.frame_preprocess(), self.family.pool)
+        return torch.from_numpy(pooled.temporal).float(), torch.from_numpy(pooled.spatial).float()
+
+    def cached(self, cache, video_id: str) -> Tokens:
+        """A cached video's pooled tokens (a raw or a pooled cache, redvillm.cache), to answer about."""
+        from redvillm.pooled_sets import cached_tokens
+
+        return cached_tokens(cache, self.family.pool, video_id)
 
     def _decode_pool(self):
         from redvillm.extract.decode import DecodePool, DecodeSettings

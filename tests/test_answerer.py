@@ -38,7 +38,7 @@ def predicted(trained_run, small_cache, questions, tmp_path_factory):
 
 
 def cached(answerer, small_cache, video_id):
-    return answerer.family.pool(torch.from_numpy(open_cache(small_cache)[video_id]))
+    return answerer.cached(open_cache(small_cache), video_id)
 
 
 def test_cached_tokens_answer_as_predict_does_batched_or_one_by_one(answerer, small_cache, questions, predicted):
@@ -202,7 +202,7 @@ def test_a_checkpoint_whose_generation_config_samples_still_answers_greedily(tin
     video_id, question = json.loads(qa_file.read_text())[0]["video_id"], "What happens?"
     answers = []
     with VideoAnswerer.load(run, device="cpu") as loaded:
-        tokens = loaded.family.pool(torch.from_numpy(open_cache(small_cache)[video_id]))
+        tokens = loaded.cached(open_cache(small_cache), video_id)
         for seed in range(3):
             torch.manual_seed(seed)
             answers.append(loaded.answer([(tokens, question)], max_new_tokens=TOKENS)[0])

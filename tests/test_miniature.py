@@ -79,13 +79,14 @@ def _forced_choice_picks_the_likelier_answer(out, monkeypatch):
     accuracy 1 on every task; a scorer that picked the less likely answer would give 0."""
     from redvillm.cache import open_cache
     from redvillm.evaluate.forced_choice import forced_choice_by_task
+    from redvillm.pooled_sets import cached_tokens
     from redvillm.video_llm import VideoLLM
 
     run = next(p for p in (out / "runs").iterdir() if p.name.startswith("both-copy-n4"))
     cache = open_cache(out / "test.h5")
     family = load_family(str(shipped_image_llm()))
     qa = {row["video_id"]: row for row in json.loads((out / "test" / "qa.json").read_text())}
-    truth = {family.pool(torch.from_numpy(cache[v]))[0].numpy().tobytes(): qa[v] for v in qa}  # temporal tokens
+    truth = {cached_tokens(cache, family.pool, v)[0].numpy().tobytes(): qa[v] for v in qa}  # temporal tokens
     seen = []
 
     batch = VideoLLM.batch

@@ -92,8 +92,9 @@ class _Overflowing:
         return out
 
 
+@pytest.mark.parametrize("store", ["raw", "pooled"])
 def test_tokens_that_overflow_float16_are_recorded_as_a_failure_not_stored(video_copy, tiny_llava, tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, store):
     real = pipeline.load_family
 
     def patched(*args, **kwargs):
@@ -104,13 +105,13 @@ def test_tokens_that_overflow_float16_are_recorded_as_a_failure_not_stored(video
 
     monkeypatch.setattr(pipeline, "load_family", patched)
     out = tmp_path / "out.h5"
-    summary = extract(video_copy, out, tiny_llava)  # batch 8 = T: one encoder call per video, sorted ids
+    summary = extract(video_copy, out, tiny_llava, store=store)  # batch 8 = T: one encoder call per video, sorted ids
     first = sorted(p.stem for p in video_copy.glob("*.mp4"))[0]
     assert [f.video_id for f in summary.failures] == [first]
     assert "1 of 25088 token values are not finite" in summary.failures[0].reason
     cache = open_cache(out)
     assert first not in cache and len(cache) == 7
-    assert all(np.isfinite(cache[v]).all() for v in cache)
+    assert all(np.isfinite(cache.pooled(v, None)[0] if store == "pooled" else cache[v]).all() for v in cache)
 
 
 def test_shards_carry_the_checksum_and_a_cache_without_it_still_reads(cache_copy):

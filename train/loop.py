@@ -1,6 +1,7 @@
 """``run_train``: pooled cached tokens -> trained projector + temporal module (stage two).
 
-The vision encoder never runs here: samples come from the pooled sidecar. The LLM is frozen and
+The vision encoder never runs here: samples are the videos' pooled sets, a pooled cache's own
+or a raw cache's pooled sidecar (train/pooled.py), the same values either way. The LLM is frozen and
 outside DDP; only the VideoAdapter's gradients are synchronised.
 """
 

@@ -1,21 +1,24 @@
-"""The pooled sidecar: each video's tokens pooled once, reused by every question and epoch.
+"""The pooled sidecar: each video's pooled sets, checked once, reused by every question and epoch.
 
-Training needs (T + N) x D numbers per sample but the cache holds T x N x D (for llava-1.5-7b at
-T = 100: 1.4 MB instead of 118 MB). Pooling is linear and cheap, so it is done once per video
-and written beside the cache, one file per cache shard:
+Training needs each video's pooled sets, (T + N') x D' numbers (redvillm.pooled_sets). A raw
+cache holds T x N x D (for llava-1.5-7b at T = 100: 118 MB instead of 1.4 MB), so they are
+pooled once per video and written beside the cache, one file per cache shard. A pooled cache
+(``redvillm-extract --store pooled``) already holds them: its sidecar files hold only the check,
+and samples are read from the cache itself. Either way the values are the same bits.
 
     CACHE.pooled/<shard name>.h5
       attrs  source_size, source_mtime_ns (of the cache shard), family, format_version,
              bad = JSON {video_id: why}: videos of the shard whose tokens could not be used
              (unreadable, or not finite: a NaN would poison every weight it reaches)
-      temporal/<video_id>  (T, D) float16   mean over patches (the family's spatial pooling)
-      spatial/<video_id>   (N, D) float16   mean over frames (temporal pooling)
+      temporal/<video_id>  (T, D') float16   (raw caches only) the pooled sets,
+      spatial/<video_id>   (N', D') float16   as redvillm.pooled_sets computes them
 
 Only finite values are ever written. Each file is written under a temporary name and renamed,
-and rebuilt if its cache shard changed or it was made by a format version without the
-finite check. Ablations over pooling / temporal module share it. Memory: nothing is kept in RAM
-but the open file handles; the page cache keeps hot videos.
-Shape letters: T frames, N patches, D vision width.
+and rebuilt if its cache shard changed or it was made by an older format version (v3: pooled
+frame by frame, in redvillm.pooled_sets' fixed order). Ablations over pooling / temporal
+module share it. Memory: nothing is kept in RAM but the open file handles; the page cache
+keeps hot videos.
+Shape letters: T frames, N patches, D vision width; N', D' after the family's regrouping.
 """
 
 from __future__ import annotations
@@ -24,22 +27,25 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from redvillm.cache import HDF5_DAMAGE, BadTokens, TokenCache, count_nonfinite, shards_dir
+from redvillm.cache import HDF5_DAMAGE, RAW, BadTokens, TokenCache, all_finite, shards_dir
 from redvillm.errors import UserError
+from redvillm.pooled_sets import pooled_sets
 from redvillm.train.checkpoint import disk_full
 
-FORMAT_VERSION = 2  # 2: tokens checked finite, bad videos listed (v1 files are rebuilt)
+FORMAT_VERSION = 3  # 2: tokens checked finite, bad videos listed; 3: redvillm.pooled_sets (older files are rebuilt)
 
 
 class PooledStore:
     def __init__(self, cache: TokenCache, pool: Callable, family: str, directory: str | None = None):
         self.cache, self.pool, self.family = cache, pool, family
+        self.copies = cache.store == RAW  # a pooled cache is read directly; its sidecar records the check only
         default = shards_dir(cache.path).with_suffix(".pooled")
         self.dir = Path(directory) if directory else default
         self._files: OrderedDict[Path, h5py.File] = OrderedDict()
@@ -101,7 +107,8 @@ class PooledStore:
 
     def _pool_shard(self, shard: Path, video_ids: list[str]) -> None:
         info = self.cache.info
-        needed = len(video_ids) * (info["num_frames"] + info["num_patches"]) * info["hidden_size"] * 2  # float16
+        per_video = (info["num_frames"] + info["num_patches"]) * info["hidden_size"] * 2 if self.copies else 0
+        needed = len(video_ids) * per_video + 4096  # float16 pooled sets (D' x N' <= D x N for every family)
         tmp = self.dir / f".tmp-{os.getpid()}-{shard.name}"
         with disk_full(self.pooled_path(shard), needed, cleanup=tmp,
                        fix="free space or pass --pooled-dir to put the sidecar elsewhere, then rerun"):
@@ -121,37 +128,39 @@ class PooledStore:
                 except BadTokens as err:
                     bad[video_id] = err.why
                     continue
-                name = self.cache.stored_name(video_id)  # as in the shard: ids HDF5 cannot hold are escaped
-                temporal_group.create_dataset(name, data=temporal)
-                spatial_group.create_dataset(name, data=spatial)
+                if self.copies:
+                    name = self.cache.stored_name(video_id)  # as in the shard: ids HDF5 cannot hold are escaped
+                    temporal_group.create_dataset(name, data=temporal)
+                    spatial_group.create_dataset(name, data=spatial)
             out.attrs["bad"] = json.dumps(bad, sort_keys=True)
 
     def _pool_video(self, video_id: str, shard: Path) -> tuple[np.ndarray, np.ndarray]:
-        """(temporal (T, D), spatial (N, D)) float16, finite; BadTokens otherwise."""
-        tokens = self.cache[video_id]  # (T, N, D) float16; the reader raises BadTokens itself too
-        bad = count_nonfinite(tokens)
-        if bad:
-            raise BadTokens(video_id, shard, f"{bad} of its {tokens.size} token values are not finite (NaN or inf)")
-        temporal, spatial = (t.numpy().astype(np.float16) for t in self.pool(torch.from_numpy(tokens)))
-        if not (np.isfinite(temporal).all() and np.isfinite(spatial).all()):
+        """(temporal (T, D'), spatial (N', D')) float16, finite; BadTokens otherwise (the reader
+        checks the tokens, raw or pooled, are readable and finite)."""
+        temporal, spatial = self.cache.pooled(video_id, partial(pooled_sets, self.pool))
+        if not (all_finite(temporal) and all_finite(spatial)):
             raise BadTokens(video_id, shard, "its pooled tokens overflow float16")
         return temporal, spatial
 
     def get(self, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(temporal (T, D), spatial (N, D)) float32 for one video."""
-        f = self._file(self.pooled_path(self.cache.shard_path(video_id)))
+        """(temporal (T, D'), spatial (N', D')) float32 for one video (checked by ``nonfinite``)."""
         name = self.cache.stored_name(video_id)  # pooled files use their cache shard's dataset names
-        temporal = torch.from_numpy(f["temporal"][name][()]).float()
-        spatial = torch.from_numpy(f["spatial"][name][()]).float()
-        return temporal, spatial
+        if self.copies:
+            f = self._file(self.pooled_path(self.cache.shard_path(video_id)))
+            temporal, spatial = f["temporal"][name][()], f["spatial"][name][()]
+        else:
+            temporal, spatial = self.cache.pooled(video_id, None, check=False)
+        return torch.from_numpy(temporal).float(), torch.from_numpy(spatial).float()
 
     def nonfinite(self, video_id: str, temporal: torch.Tensor, spatial: torch.Tensor) -> str | None:
         """Why these pooled tokens (from `get`) must not be trained on, or None."""
         if bool(torch.isfinite(temporal).all()) and bool(torch.isfinite(spatial).all()):
             return None
-        path = self.pooled_path(self.cache.shard_path(video_id))
-        return (f"{path}: pooled tokens of video {video_id!r} are not finite (the file was changed after it was "
-                "built); delete it and rerun to rebuild it from the cache")
+        if not self.copies:  # a pooled cache changed after its check (extraction refuses non-finite tokens)
+            return (f"{self.cache.shard_path(video_id)}: pooled tokens of video {video_id!r} are not finite (the "
+                    "shard was changed after it was checked); rerun its redvillm-extract command with --verify")
+        return (f"{self.pooled_path(self.cache.shard_path(video_id))}: pooled tokens of video {video_id!r} are not "
+                "finite (the file was changed after it was built); delete it and rerun to rebuild it from the cache")
 
     def _file(self, path: Path) -> h5py.File:
         if os.getpid() != self._pid:  # a DataLoader worker: open its own handles
