@@ -79,7 +79,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from redvillm.cache_names import dataset_name, video_id_of  # the naming rule of the docstring
+from redvillm.cache_names import video_id_of  # the naming rule of the docstring
 from redvillm.errors import UserError
 
 FORMAT = "redvillm-cache"

@@ -187,7 +187,7 @@ def test_ids_hdf5_cannot_name_are_escaped_and_given_back_as_the_users(synthetic_
 
 
 def test_escaping_is_exact_for_names_no_file_system_gives_us_here():
-    from redvillm.cache import dataset_name, video_id_of
+    from redvillm.cache_names import dataset_name, video_id_of
 
     latin1 = b"caf\xe9".decode("utf-8", "surrogateescape")  # a non-UTF-8 file name as Python sees it
     for video_id in [*ODD_NAMES, latin1, "a/b", "plain", "~%41"]:
