@@ -14,8 +14,9 @@ import h5py
 import numpy as np
 
 from redvillm.cache import (CHECKSUM, ESCAPED_NAMES, HDF5_DAMAGE, FORMAT, FORMAT_VERSION, POOLED, POOLED_SETS, SHARD_GLOB,
-                            CacheInfo, all_finite, cache_mismatch, count_nonfinite, dataset_name, error_line,
-                            shard_videos, shards_dir)
+                            CacheInfo, all_finite, cache_mismatch, count_nonfinite, error_line, shard_videos,
+                            shards_dir)
+from redvillm.cache_names import dataset_name
 from redvillm.errors import UserError
 from redvillm.extract.repair import set_aside_damaged
 from redvillm.journal import append_journal, read_journal
