@@ -22,7 +22,7 @@ from redvillm.cache import CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.cores import EncoderThreads, auto_decode_workers
-from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, retry_due
+from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, resize_in_workers, retry_due
 from redvillm.extract.lock import lock_output
 from redvillm.extract.space import check_space, disk_full, is_disk_full
 from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
@@ -125,7 +125,8 @@ def _extract_locked(cfg: ExtractConfig, progress, notify, videos: list[Video], d
 
     if todo and dist_info.is_main:  # torchrun ranks' parts differ by at most one video: rank 0 speaks for all
         tell(check_space(store.dir, len(todo) * dist_info.world_size, summary.token_shape, cfg.no_space_check))
-    settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess)
+    settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, preprocess,
+                              resize=resize_in_workers(device, cfg.resize_on))
     writer = store.shard_writer(rank, cfg.shard_bytes)
     jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
     wanted = auto_decode_workers(device) if cfg.decode_workers == "auto" else cfg.decode_workers
@@ -189,7 +190,7 @@ def _handle(result: DecodeResult, encode: Callable[[torch.Tensor], np.ndarray], 
     if result.error is not None:
         return _fail(job, result.error, store, summary)
     began = time.perf_counter()
-    tokens = encode(torch.from_numpy(result.frames))
+    tokens = encode(torch.from_numpy(result.frames), resize=not result.resized)
     summary.encode_seconds += time.perf_counter() - began
     attrs = dict(result.meta, path=str(job.path))
     try:
@@ -210,11 +211,13 @@ def _fail(job: DecodeJob, reason: str, store: CacheStore, summary: ExtractSummar
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  preprocess, before_batch: Callable[[], None] | None = None) -> np.ndarray:
+                  preprocess, before_batch: Callable[[], None] | None = None, resize: bool = False) -> np.ndarray:
     """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward.
 
+    `resize`: the frames are (T, H, W, 3) at source resolution; each batch gets the backbone's
+    geometry (resize_and_crop, as the decoders would apply it) on `device` first.
     `before_batch` runs before each forward (EncoderThreads: the CPU threads follow the decoders)."""
-    from redvillm.frames import normalize
+    from redvillm.frames import normalize, resize_and_crop
 
     parts = []
     with torch.inference_mode():
@@ -222,6 +225,8 @@ def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.
             if before_batch is not None:
                 before_batch()
             batch = frames[start : start + batch_size].to(device, non_blocking=True)
+            if resize:
+                batch = resize_and_crop(batch, preprocess)  # (b, H, W, 3) -> (b, 3, h, w)
             pixel_values = normalize(batch, preprocess, dtype)  # (b, 3, h, w)
             parts.append(encoder(pixel_values).to("cpu", torch.float16))  # (b, N, D)
     return torch.cat(parts).numpy()
