@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
@@ -85,7 +86,7 @@ class FrameBlock:
     def discard(self) -> None:
         """Remove the block: its video failed, nobody will read it."""
         if self.block is not None:
-            self.block.unlink()  # first: unlinking works even while a view is still alive
+            _remove(self.block)  # first: unlinking works even while a view is still alive
             try:
                 self.block.close()
             except BufferError:  # a view outlived the failure; the mapping goes with the process
@@ -112,17 +113,17 @@ def take(ref: SharedFrames) -> np.ndarray:
     lost = f"the decoded frames were lost: shared memory block {ref.name}"
     try:
         block = SharedMemory(ref.name)
-    except FileNotFoundError:
-        raise LostFrames(f"{lost} was removed before the extractor read it") from None
-    except ValueError:  # emptied by someone else: SharedMemory cannot open it
+    except (FileNotFoundError, ValueError) as err:  # ValueError: emptied, SharedMemory cannot open it
         _unlink_path(ref.name)
-        raise LostFrames(f"{lost} was emptied before the extractor read it") from None
+        _forget(ref.name)
+        what = "removed" if isinstance(err, FileNotFoundError) else "emptied"
+        raise LostFrames(f"{lost} was {what} before the extractor read it") from None
     try:
         return _copy_out(block, ref)
     except TypeError as err:  # "buffer is too small": truncated by someone else
         raise LostFrames(f"{lost} is smaller than {ref.shape} {ref.dtype} ({err})") from None
     finally:
-        block.unlink()  # first: removal must not depend on the mapping closing
+        _remove(block)  # first: removal must not depend on the mapping closing
         block.close()
 
 
@@ -142,8 +143,22 @@ def discard(name: str) -> None:
         # tracker. SharedMemory cannot open an empty block, so remove it by its path (Linux).
         _unlink_path(name)
         return
+    _remove(block)
     block.close()
-    block.unlink()
+
+
+def _remove(block: SharedMemory) -> None:
+    try:
+        block.unlink()
+    except FileNotFoundError:  # removed by someone else meanwhile: only the registration is left
+        _forget(block.name)
+
+
+def _forget(name: str) -> None:
+    """Drop the worker's registration of a block removed behind our back, or the resource tracker
+    would report it leaked (and fail to remove it) when the extraction ends."""
+    if os.name == "posix":  # elsewhere SharedMemory does not use the tracker
+        resource_tracker.unregister("/" + name, "shared_memory")  # as SharedMemory registers it
 
 
 def _unlink_path(name: str) -> None:
