@@ -3,10 +3,11 @@
 Pickled down a pipe, a video's frames are copied three times (pickle, kernel pipe, unpickle);
 at source resolution that is 0.6 GB per 100 1080p frames. Instead the worker writes the frames
 straight into a POSIX shared-memory block (/dev/shm on Linux) and sends only its name, shape
-and dtype; the parent copies them out once and removes the block.
+and dtype; the parent maps the block (Linux; elsewhere it copies the frames out) and removes
+its name at once.
 
 Who removes a block, so none is left in /dev/shm:
-- normally the parent, as soon as it has read it (``take``);
+- normally the parent, as soon as it has the result (``take``);
 - the worker itself when the video fails after the block was made (``FrameBlock.discard``);
 - the parent when it kills a worker (timeout) or finds it dead: the parent chose the block's
   name when it sent the job, so it can remove a block the worker never got to report (``discard``);
@@ -20,6 +21,7 @@ When /dev/shm has no room for a video (a container's 64 MB default), the frames 
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -28,6 +30,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 PREFIX = "redvillm_"
+SHM_DIR = "/dev/shm"  # where POSIX shared memory lives on Linux (glibc's shm_open)
 _serial = itertools.count()  # per process: two pools in one process never reuse a name
 
 
@@ -109,27 +112,51 @@ def _reserve(block: SharedMemory, size: int) -> bool:
 
 
 def take(ref: SharedFrames) -> np.ndarray:
-    """Parent side: copy the frames out of their block and remove it. LostFrames if it is gone."""
+    """Parent side: the frames of a block, whose name is removed at once (from here on nothing
+    can be left in /dev/shm). LostFrames if the block is gone or short.
+
+    Where blocks are files (Linux's /dev/shm) the array maps the block's pages, copy-on-write:
+    no copy, and the pages are freed with the array. 100 1080p frames (622 MB) are ready in
+    well under a millisecond instead of the 0.2-2 s a copy into fresh memory takes here."""
     lost = f"the decoded frames were lost: shared memory block {ref.name}"
     try:
-        block = SharedMemory(ref.name)
-    except (FileNotFoundError, ValueError) as err:  # ValueError: emptied, SharedMemory cannot open it
-        _unlink_path(ref.name)
-        _forget(ref.name)
+        frames = _map(ref) if os.path.isdir(SHM_DIR) else _copy(ref)
+    except (FileNotFoundError, ValueError) as err:  # ValueError: emptied, mmap and SharedMemory refuse it
         what = "removed" if isinstance(err, FileNotFoundError) else "emptied"
         raise LostFrames(f"{lost} was {what} before the extractor read it") from None
+    if frames is None:
+        raise LostFrames(f"{lost} is smaller than {ref.shape} {ref.dtype}: truncated by someone else")
+    return frames
+
+
+def _map(ref: SharedFrames) -> np.ndarray | None:
+    path = os.path.join(SHM_DIR, ref.name)
     try:
-        return _copy_out(block, ref)
-    except TypeError as err:  # "buffer is too small": truncated by someone else
-        raise LostFrames(f"{lost} is smaller than {ref.shape} {ref.dtype} ({err})") from None
+        with open(path, "rb") as file:
+            mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)  # writable, for torch.from_numpy
+    finally:
+        _unlink_path(ref.name)
+        _forget(ref.name)
+    count = int(np.prod(ref.shape))
+    if len(mapping) < count * np.dtype(ref.dtype).itemsize:
+        return None
+    return np.frombuffer(mapping, np.dtype(ref.dtype), count).reshape(ref.shape)  # keeps the mapping alive
+
+
+def _copy(ref: SharedFrames) -> np.ndarray | None:
+    try:
+        block = SharedMemory(ref.name)
+    except (FileNotFoundError, ValueError):
+        _forget(ref.name)
+        raise
+    try:
+        # Our own memory, so the block can go at once; the view dies with this expression.
+        return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=block.buf).copy()
+    except TypeError:  # "buffer is too small"
+        return None
     finally:
         _remove(block)  # first: removal must not depend on the mapping closing
         block.close()
-
-
-def _copy_out(block: SharedMemory, ref: SharedFrames) -> np.ndarray:
-    # Our own memory, so the block can go at once; the view dies with this call.
-    return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=block.buf).copy()
 
 
 def discard(name: str) -> None:
@@ -163,6 +190,6 @@ def _forget(name: str) -> None:
 
 def _unlink_path(name: str) -> None:
     try:
-        os.unlink(os.path.join("/dev/shm", name))
+        os.unlink(os.path.join(SHM_DIR, name))
     except OSError:
         pass

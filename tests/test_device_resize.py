@@ -213,3 +213,18 @@ def test_the_resource_tracker_removes_the_blocks_of_a_killed_extractor(tiny_llav
     pid, _, stderr = _run("parent", tiny_llava, leak_videos)
     assert leftovers(pid) == []
     assert "leaked shared_memory objects" in stderr
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "copied"])
+def test_take_hands_the_frames_over_and_removes_the_block(mapped, monkeypatch):
+    if not mapped:  # as where shared memory is no file (macOS)
+        monkeypatch.setattr(handoff, "SHM_DIR", "/nonexistent")
+    sent = np.random.default_rng(0).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    block = handoff.FrameBlock(handoff.block_name())
+    frames = block.allocate(sent.shape)
+    frames[:] = sent
+    ref = block.describe(frames)
+    del frames
+    block.close()
+    got = handoff.take(ref)
+    assert np.array_equal(got, sent) and got.flags.writeable and not (SHM / ref.name).exists()
