@@ -7,7 +7,8 @@ device does it (DecodeSettings.resize), and hands the uint8 frames over through 
 (extract/handoff.py). The parent kills a worker that exceeds the per-video timeout, replaces a
 worker that died, and recycles every worker after ``recycle_after`` videos. A worker exits when
 the parent dies (killed or crashed): it never lingers, re-parented, on a stuck file. While the
-parent encodes one video, the workers are already decoding the next ones."""
+parent encodes one video, the workers are already decoding the next ones.
+"""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class DecodeSettings:
     preprocess: FramePreprocess
     chunk: int = 16  # frames decoded (and resized) at once: bounds worker memory on 4K video
     # False: the frames leave the worker at source resolution and the encoder's process resizes
-    # them on its device (a GPU does in milliseconds what costs the CPUs a third of their work).
+    # them on its device (on a GPU, which spares the decoders about a third of their CPU work).
     resize: bool = True
     # ... except a video whose sampled source frames exceed this many bytes, resized here anyway:
     # 100 4K frames are 2.5 GB, held once per worker running ahead plus once by the encoder.
@@ -110,13 +111,13 @@ def decode_video(path: Path, settings: DecodeSettings, allocate=np.empty) -> tup
     if total == 0:
         raise ValueError("no decodable video frames")
     indices = sample_indices(total, settings.num_frames, settings.sampling_rule, settings.short_videos)
-    frames = None
+    frames = resize = None  # known once the first frames are decoded: their size decides
     for start in range(0, len(indices), settings.chunk):
         batch = reader.get_batch(indices[start : start + settings.chunk].tolist()).asnumpy()  # (c, H, W, 3)
-        if frames is None:
+        if resize is None:
             resize = settings.resizes(len(indices), *batch.shape[1:3])
         part = resize_and_crop(torch.from_numpy(batch), settings.preprocess).numpy() if resize else batch
-        if frames is None:  # the size is known once the first frames are decoded
+        if frames is None:
             frames = allocate((len(indices), *part.shape[1:]))
         frames[start : start + len(part)] = part
     height, width = batch.shape[1:3]
