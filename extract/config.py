@@ -37,6 +37,10 @@ class ExtractConfig:
                 "encoder is on a GPU).")
     threads: int | None = setting(None, "Encoder torch threads on CPU (default: before each batch, every core no "
                                         "decoder is using then).")
+    resize_on: Literal["auto", "workers", "device"] = setting(
+        "auto", "Where frames are resized to the encoder's input size: in the decoder processes, or on the "
+                "encoder's device from source-resolution frames (auto: on the device when it is a GPU, sparing the "
+                "CPUs about a third of their work).")
     decode_timeout: float = setting(120.0, "Seconds a video may take to decode before it is skipped.")
     recycle_after: int = setting(100, "Replace a decoder process after this many videos.")
     shard_size: str = setting("2GB", "Close a shard once it holds this much.")

@@ -1,23 +1,19 @@
 """Decoding in worker processes that may hang, crash or leak without taking the run down.
 
 decord is unmaintained: on some files it hangs while holding the GIL, segfaults, or leaks
-memory. So each worker is a separate (spawned) process that decodes one video at a time,
-samples its frames, applies the backbone's resize/crop (uint8 out, so little crosses the pipe)
-and sends the result back. The parent kills a worker that exceeds the per-video timeout,
-replaces a worker that died, and recycles every worker after ``recycle_after`` videos. A worker
-exits when the parent dies (killed or crashed): it never lingers, re-parented, on a stuck file.
-While the parent encodes one video, the workers are already decoding the next ones.
+memory. So each worker is a separate (spawned) process (extract/worker.py) that decodes one
+video at a time, samples its frames, applies the backbone's resize/crop unless the encoder's
+device does it (DecodeSettings.resize), and hands the uint8 frames over through shared memory
+(extract/handoff.py). The parent kills a worker that exceeds the per-video timeout, replaces a
+worker that died, and recycles every worker after ``recycle_after`` videos. A worker exits when
+the parent dies (killed or crashed): it never lingers, re-parented, on a stuck file. While the
+parent encodes one video, the workers are already decoding the next ones.
 """
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing as mp
 import os
-import re
-import signal
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -27,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from redvillm.extract.handoff import LostFrames, SharedFrames, block_name, discard, take
 from redvillm.extract.videos import not_a_video_file
+from redvillm.extract.worker import STARTED, worker_main
 from redvillm.extras import require
 from redvillm.frames import FramePreprocess
 
@@ -43,8 +41,6 @@ class DecodeJob:
 # timing out again on that retry is recorded as final.
 TIMED_OUT = "decode timed out"
 RETRY_NOTE = "; retried once on the next run"
-STARTED = "started"
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h  # a worker's message when it begins decoding: the timeout counts from there
 
 
 def retry_due(reason: str) -> bool:
@@ -65,20 +61,41 @@ class DecodeSettings:
     sampling_rule: str
     short_videos: str
     preprocess: FramePreprocess
-    chunk: int = 16  # frames decoded and resized at once: bounds worker memory on 4K video
+    chunk: int = 16  # frames decoded (and resized) at once: bounds worker memory on 4K video
+    # False: the frames leave the worker at source resolution and the encoder's process resizes
+    # them on its device (on a GPU, which spares the decoders about a third of their CPU work).
+    resize: bool = True
+    # ... except a video whose sampled source frames exceed this many bytes, resized here anyway:
+    # 100 4K frames are 2.5 GB, held once per worker running ahead plus once by the encoder.
+    source_budget: int = 1 << 30
+
+    def resizes(self, frames: int, height: int, width: int) -> bool:
+        """Whether the worker applies the geometry to `frames` sampled frames of this size."""
+        return self.resize or frames * height * width * 3 > self.source_budget
+
+
+def resize_in_workers(device, resize_on: str = "auto") -> bool:
+    """Where frames are resized: "workers", "device" (the encoder's), or "auto": in the workers
+    when the encoder is on CPU (the same cores either way, and the pipe carries small frames)."""
+    if resize_on not in ("auto", "workers", "device"):
+        raise ValueError(f"resize_on must be auto, workers or device, got {resize_on!r}")
+    return resize_on == "workers" or (resize_on == "auto" and device.type == "cpu")
 
 
 @dataclass
 class DecodeResult:
     job: DecodeJob
-    frames: np.ndarray | None = None  # (T, 3, h, w) uint8, preprocessed geometry
+    frames: np.ndarray | None = None  # (T, 3, h, w) uint8 if `resized`, else (T, H, W, 3) source frames
     meta: dict = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    resized: bool = True  # False: the encoder's process applies the geometry (DecodeSettings.resize)
+    shared: SharedFrames | None = None  # in transit: where the frames wait; the pool reads them into `frames`
 
 
-def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict]:
-    """Sample and resize one video's frames: ((T, 3, h, w) uint8, per-video metadata)."""
+def decode_video(path: Path, settings: DecodeSettings, allocate=np.empty) -> tuple[np.ndarray, dict]:
+    """Sample one video's frames, resized if settings.resizes(...): ((T, 3, h, w) or (T, H, W, 3)
+    uint8, per-video metadata). The frames are written into ``allocate(shape)``, which is returned."""
     import decord
     import torch
 
@@ -94,10 +111,15 @@ def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict
     if total == 0:
         raise ValueError("no decodable video frames")
     indices = sample_indices(total, settings.num_frames, settings.sampling_rule, settings.short_videos)
-    parts = []
+    frames = resize = None  # known once the first frames are decoded: their size decides
     for start in range(0, len(indices), settings.chunk):
         batch = reader.get_batch(indices[start : start + settings.chunk].tolist()).asnumpy()  # (c, H, W, 3)
-        parts.append(resize_and_crop(torch.from_numpy(batch), settings.preprocess))
+        if resize is None:
+            resize = settings.resizes(len(indices), *batch.shape[1:3])
+        part = resize_and_crop(torch.from_numpy(batch), settings.preprocess).numpy() if resize else batch
+        if frames is None:
+            frames = allocate((len(indices), *part.shape[1:]))
+        frames[start : start + len(part)] = part
     height, width = batch.shape[1:3]
     fps = float(reader.get_avg_fps())
     meta = {
@@ -108,85 +130,8 @@ def decode_video(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, dict
         "height": int(height),
         "width": int(width),
     }
-    return torch.cat(parts).numpy(), meta
+    return frames, meta
 
-
-def _worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool, busy) -> None:
-    _exit_with_parent(parent_pid, deathsig)
-    import decord  # noqa: F401 - imported before the first video, so its timeout counts decoding only
-    import torch
-
-    import redvillm.extract.sampling  # noqa: F401
-
-    torch.set_num_threads(1)  # parallelism comes from the number of workers
-    _capture_native_stderr()
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        conn.send(STARTED)
-        busy.value = 1  # read by the parent to give the encoder the cores no decoder uses
-        started = time.perf_counter()
-        os.ftruncate(2, 0)
-        os.lseek(2, 0, os.SEEK_SET)
-        try:
-            frames, meta = decode_video(job.path, settings)
-            result = DecodeResult(job, frames, meta, seconds=time.perf_counter() - started)
-        except Exception as err:  # noqa: BLE001 - any decoder error is a per-video failure
-            result = DecodeResult(job, error=explain(err, _native_messages()), seconds=time.perf_counter() - started)
-        busy.value = 0
-        conn.send(result)
-
-
-def _exit_with_parent(parent_pid: int, deathsig: bool) -> None:
-    """A worker must not outlive its extractor: after a kill -9 of the parent it would be
-    re-parented and, stuck on a file, run for ever. On Linux the kernel kills it with the parent
-    (PR_SET_PDEATHSIG; only asked for when spawned from the main thread, as the signal follows
-    the spawning thread); everywhere a watchdog thread exits once the parent is gone (it also
-    covers a hang that holds the GIL only where the kernel signal exists)."""
-    if deathsig and sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass  # the watchdog below still applies
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
-
-
-def _watch_parent(parent_pid: int, every: float = 0.5) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(every)
-    os._exit(1)
-
-
-def _capture_native_stderr() -> None:
-    """FFmpeg and decord print to fd 2 from C; keep it out of the user's terminal and use it
-    to explain failures instead. The file is unlinked at once: nothing is left behind."""
-    fd, name = tempfile.mkstemp(prefix="redvillm-decode-", suffix=".log")
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.unlink(name)
-
-
-def _native_messages() -> list[str]:
-    size = os.lseek(2, 0, os.SEEK_CUR)
-    text = os.pread(2, min(size, 1 << 16), max(0, size - (1 << 16))).decode("utf-8", "replace")
-    # "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55f9] moov atom not found" -> "moov atom not found"
-    lines = [re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\] ", "", line).strip() for line in text.splitlines()]
-    return [line for line in lines if line and not re.match(r"^\[[\d:]+\] ", line)]
-
-
-def explain(err: Exception, native: list[str] = ()) -> str:
-    """One readable line for a decoder error (decord's carry a timestamp and a C++ source line)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    text = re.sub(r"^\[[\d:]+\] \S+:\d+: (Check failed: .*? ERROR )?", "", text)
-    if "cannot find video stream" in text:
-        return "no video stream (audio-only file, or not a video)"
-    if text.startswith("Error reading") and native:
-        return f"not a readable video: {native[-1]}"
-    reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return f"{reason} ({native[-1]})" if native else reason
 
 
 def _decodable(jobs: Iterable[DecodeJob], rejected: list[DecodeResult]) -> Iterator[DecodeJob]:
@@ -206,6 +151,7 @@ class _Worker:
     conn: Connection
     busy: object  # a shared byte: 1 while the worker decodes
     job: DecodeJob | None = None
+    block: str | None = None  # the shared-memory name sent with the job: removed if the worker dies
     sent: float = 0.0  # when the job went down the pipe
     started: float | None = None  # when the worker began decoding it (its STARTED message)
     handled: int = 0
@@ -241,7 +187,7 @@ class DecodePool:
         parent, child = self._ctx.Pipe()
         deathsig = threading.current_thread() is threading.main_thread()
         busy = self._ctx.RawValue("b", 0)
-        process = self._ctx.Process(target=_worker_main, args=(child, self.settings, os.getpid(), deathsig, busy),
+        process = self._ctx.Process(target=worker_main, args=(child, self.settings, os.getpid(), deathsig, busy),
                                     daemon=True)
         process.start()
         child.close()
@@ -282,14 +228,17 @@ class DecodePool:
                     return
                 worker = self._workers[i] = self._fresh(worker)
                 try:
-                    worker.conn.send(job)
-                    worker.job, worker.sent, worker.started = job, time.perf_counter(), None
+                    self._assign(worker, job)
                 except (BrokenPipeError, OSError):  # died while idle: replace it, resend the job
                     worker.job = job
                     self._kill(worker, "decoder process died while idle")
                     worker = self._workers[i]
-                    worker.conn.send(job)
-                    worker.job, worker.sent, worker.started = job, time.perf_counter(), None
+                    self._assign(worker, job)
+
+    def _assign(self, worker: _Worker, job: DecodeJob) -> None:
+        name = block_name()
+        worker.conn.send((job, name))
+        worker.job, worker.block, worker.sent, worker.started = job, name, time.perf_counter(), None
 
     def _next_deadline(self, busy: list[_Worker]) -> float:
         now = time.perf_counter()
@@ -305,16 +254,20 @@ class DecodePool:
         if result == STARTED:
             worker.started = time.perf_counter()
             return None
-        worker.job, worker.handled = None, worker.handled + 1
+        worker.job, worker.block, worker.handled = None, None, worker.handled + 1
         assert result.job == job
         self.decode_seconds += result.seconds
+        if result.shared is not None:
+            try:
+                result.frames = take(result.shared)
+            except LostFrames as err:  # e.g. /dev/shm cleaned under a running extraction
+                result.error = str(err)
+            result.shared = None
         return result
 
     def _kill(self, worker: _Worker, reason: str) -> DecodeResult:
         job = worker.job
-        worker.process.kill()
-        worker.process.join()
-        worker.conn.close()
+        self._end(worker)
         index = self._workers.index(worker)
         self._workers[index] = self._spawn()
         return DecodeResult(job, error=reason, seconds=time.perf_counter() - (worker.started or worker.sent))
@@ -337,12 +290,18 @@ class DecodePool:
             worker.process.join()
         worker.conn.close()
 
+    def _end(self, worker: _Worker) -> None:
+        """Kill a busy worker and remove the frames it may have begun to write."""
+        worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        if worker.block is not None:
+            discard(worker.block)
+
     def close(self) -> None:
         for worker in self._workers:
             if worker.job is not None:
-                worker.process.kill()
-                worker.process.join()
-                worker.conn.close()
+                self._end(worker)
             else:
                 self._stop(worker)
         self._workers = []

@@ -28,7 +28,7 @@ from redvillm.cache import RAW, CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.cores import EncoderThreads, auto_decode_workers
-from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, retry_due
+from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, resize_in_workers, retry_due
 from redvillm.extract.lock import lock_output
 from redvillm.extract.space import StoredSize, check_space, disk_full, is_disk_full
 from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
@@ -148,7 +148,8 @@ class EncodedSource:
     @contextmanager
     def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
         cfg = self.cfg
-        settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, self.preprocess)
+        settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, self.preprocess,
+                                  resize=resize_in_workers(self.device, cfg.resize_on))
         jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
         wanted = auto_decode_workers(self.device) if cfg.decode_workers == "auto" else cfg.decode_workers
         self.decode_workers = min(wanted, len(todo))  # none at all when everything is cached
@@ -167,12 +168,12 @@ class EncodedSource:
         frames = torch.from_numpy(result.frames)
         outcome = Outcome(job.video_id, job.path, attrs=dict(result.meta, path=str(job.path)), frames=len(frames))
         args = (self.encoder, frames, self.cfg.batch_size, self.device, self.dtype, self.preprocess)
-        before_batch = self.threads and self.threads.before_batch
+        options = dict(before_batch=self.threads and self.threads.before_batch, resize=not result.resized)
         began = time.perf_counter()
         if self.cfg.store == RAW:
-            outcome.tokens = encode_frames(*args, before_batch=before_batch)
+            outcome.tokens = encode_frames(*args, **options)
         else:
-            outcome.pooled = encode_pooled(*args, pool=self.family.pool, before_batch=before_batch)
+            outcome.pooled = encode_pooled(*args, pool=self.family.pool, **options)
         self.encode_seconds += time.perf_counter() - began
         return outcome
 
@@ -275,33 +276,39 @@ def _fail(outcome: Outcome, reason: str, store: CacheStore, summary: ExtractSumm
 
 
 def encode_batches(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                   preprocess, before_batch: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
+                   preprocess, before_batch: Callable[[], None] | None = None,
+                   resize: bool = False) -> Iterator[torch.Tensor]:
     """(T, 3, h, w) uint8 -> (b, N, D) float16 tokens on the CPU, `batch_size` frames per forward, in order.
 
+    `resize`: the frames are (T, H, W, 3) at source resolution; each batch gets the backbone's
+    geometry (resize_and_crop, as the decoders would apply it) on `device` first.
     `before_batch` runs before each forward (EncoderThreads: the CPU threads follow the decoders)."""
-    from redvillm.frames import normalize
+    from redvillm.frames import normalize, resize_and_crop
 
     with torch.inference_mode():
         for start in range(0, frames.shape[0], batch_size):
             if before_batch is not None:
                 before_batch()
             batch = frames[start : start + batch_size].to(device, non_blocking=True)
+            if resize:
+                batch = resize_and_crop(batch, preprocess)  # (b, H, W, 3) -> (b, 3, h, w)
             pixel_values = normalize(batch, preprocess, dtype)  # (b, 3, h, w)
             yield encoder(pixel_values).to("cpu", torch.float16)  # (b, N, D)
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  preprocess, before_batch: Callable[[], None] | None = None) -> np.ndarray:
-    """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward."""
-    batches = encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch)
+                  preprocess, before_batch: Callable[[], None] | None = None, resize: bool = False) -> np.ndarray:
+    """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward (see encode_batches)."""
+    batches = encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch, resize)
     return torch.cat(list(batches)).numpy()
 
 
 def encode_pooled(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  preprocess, pool, before_batch: Callable[[], None] | None = None) -> PooledVideo:
+                  preprocess, pool, before_batch: Callable[[], None] | None = None,
+                  resize: bool = False) -> PooledVideo:
     """(T, 3, h, w) uint8 -> the video's pooled sets, pooled batch by batch: never a (T, N, D) array."""
     running = RunningPool(pool)
-    for tokens in encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch):
+    for tokens in encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch, resize):
         running.add(tokens.numpy())
         del tokens  # not kept alive while the encoder computes the next batch
     return running.result()

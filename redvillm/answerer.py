@@ -101,7 +101,7 @@ class VideoAnswerer:
                 if result.error is not None:
                     out[i] = UserError(f"{result.job.path}: cannot read this video ({result.error})")
                 else:
-                    out[i] = self._encode(result.frames)
+                    out[i] = self._encode(result.frames, resize=not result.resized)
                     self._remember(keys[i], out[i])
             return [out[i] if out[i] is not None else out[first[keys[i]]] for i in range(len(keys))]
 
@@ -178,13 +178,14 @@ class VideoAnswerer:
             while len(self._recent) > self.remember_videos:
                 self._recent.popitem(last=False)
 
-    def _encode(self, frames) -> Tokens:
+    def _encode(self, frames, resize: bool) -> Tokens:
         from redvillm.extract.pipeline import encode_pooled
 
         if self._encoder is None:
             self._encoder = self.family.load_frame_encoder(self.model.device, self.model.dtype)
         pooled = encode_pooled(self._encoder, torch.from_numpy(frames), ENCODE_BATCH, self.model.device,
-                               self.model.dtype, self.family.frame_preprocess(), self.family.pool)
+                               self.model.dtype, self.family.frame_preprocess(), self.family.pool,
+                               resize=resize)
         return torch.from_numpy(pooled.temporal).float(), torch.from_numpy(pooled.spatial).float()
 
     def cached(self, cache, video_id: str) -> Tokens:
@@ -194,13 +195,14 @@ class VideoAnswerer:
         return cached_tokens(cache, self.family.pool, video_id)
 
     def _decode_pool(self):
-        from redvillm.extract.decode import DecodePool, DecodeSettings
+        from redvillm.extract.decode import DecodePool, DecodeSettings, resize_in_workers
 
         if self._pool is None:
             config = self.model.config
             cache = config.extra.get("cache", {})
             settings = DecodeSettings(config.num_frames, cache.get("sampling_rule", "uniform"),
-                                      cache.get("short_videos", "repeat"), self.family.frame_preprocess())
+                                      cache.get("short_videos", "repeat"), self.family.frame_preprocess(),
+                                      resize=resize_in_workers(self.model.device))
             self._pool = DecodePool(settings, num_workers=self.decode_workers, timeout=self.decode_timeout)
         return self._pool
 

@@ -4,8 +4,8 @@ An image LLM's processor works on one PIL image at a time (pad to square, resize
 rescale, normalise; DeepSeek-VL resizes first and pads the result to square). For a video we
 apply exactly the same steps to a (F, H, W, 3) uint8 batch with torch, in two halves:
 
-- ``resize_and_crop`` (geometry, uint8 in and out) runs in the decode workers, so what crosses
-  the process boundary is the small cropped frame, not the full decoded one;
+- ``resize_and_crop`` (geometry, uint8 in and out) runs in the decode workers when the encoder
+  is on CPU, or on the encoder's GPU from source-resolution frames (same code, any device);
 - ``normalize`` (rescale + mean/std) runs next to the encoder, on its device and dtype.
 
 Resizing uses torch's antialiased bicubic/bilinear filter, which follows Pillow's separable

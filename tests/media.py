@@ -55,3 +55,19 @@ def never_ending(path: Path) -> Path:
     """A named pipe nobody writes to: opening it blocks forever, as a hung decoder does."""
     os.mkfifo(path)
     return path
+
+
+def texture_clip(path: Path, width: int, height: int, frames: int, seed: int = 0) -> Path:
+    """A clip of any size (even sides, for yuv420p) scrolling a random texture one pixel a frame;
+    one keyframe for the whole clip (x264's default interval is longer), so seeking back is slow."""
+    texture = np.random.default_rng(seed).integers(0, 256, (height, width + frames, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            image = np.ascontiguousarray(texture[:, i : i + width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -163,7 +163,7 @@ def test_recent_files_are_not_decoded_again_unless_changed(trained_run, video_co
     answerer = VideoAnswerer.load(trained_run, device="cpu", remember_videos=2)
     encoded = []
     encode = answerer._encode
-    monkeypatch.setattr(answerer, "_encode", lambda frames: encoded.append(1) or encode(frames))
+    monkeypatch.setattr(answerer, "_encode", lambda *args, **kw: encoded.append(1) or encode(*args, **kw))
     first, second, third = (video_copy / f"order_000{i}.mp4" for i in range(3))
     with answerer:
         tokens = answerer.tokens(first)

@@ -35,8 +35,8 @@ COMMANDS = {
 # The flags as users type them (README, scripts): renaming a field must not rename one silently.
 FLAGS = {
     "extract": "--model --revision --num-frames --image-size --sampling --short-videos --store --batch-size --device --dtype "
-               "--decode-workers --threads --decode-timeout --recycle-after --shard-size --overwrite --strict "
-               "--retry-failed --no-space-check --verify --num-shards --shard-index --config",
+               "--decode-workers --threads --resize-on --decode-timeout --recycle-after --shard-size --overwrite "
+               "--strict --retry-failed --no-space-check --verify --num-shards --shard-index --config",
     "train": "--annotations --output --model --revision --pooling --temporal-module --lr --epochs --batch-size "
              "--grad-accum --warmup-ratio --weight-decay --max-grad-norm --max-steps --seed --device --dtype "
              "--gradient-checkpointing --save-every --resume --overwrite --strict --num-workers --pooled-dir "

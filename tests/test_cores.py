@@ -47,8 +47,7 @@ def test_a_decoder_counts_as_decoding_only_while_it_decodes(tiny_llava, tmp_path
     with DecodePool(settings, num_workers=2, timeout=600) as pool:
         assert pool.decoding_now() == 0
         worker = pool._workers[0]
-        worker.conn.send(DecodeJob("stuck", Path(fifo)))  # straight down the pipe: imap refuses FIFOs unopened
-        worker.job = DecodeJob("stuck", Path(fifo))
+        pool._assign(worker, DecodeJob("stuck", Path(fifo)))  # straight down the pipe: imap refuses FIFOs unopened
         assert worker.conn.recv() == STARTED
         deadline = time.monotonic() + 30
         while pool.decoding_now() != 1 and time.monotonic() < deadline:

@@ -117,7 +117,7 @@ if __name__ == "__main__":
     settings = DecodeSettings(4, "uniform", "repeat", load_family(sys.argv[1]).frame_preprocess())
     pool = DecodePool(settings, num_workers=2, timeout=600)
     for worker in pool._workers:  # a FIFO straight down the pipe: imap would refuse it unopened
-        worker.conn.send(DecodeJob("stuck", Path(sys.argv[2])))
+        pool._assign(worker, DecodeJob("stuck", Path(sys.argv[2])))
     for worker in pool._workers:
         assert worker.conn.recv() == STARTED  # decoding, i.e. blocked opening the FIFO
     print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
