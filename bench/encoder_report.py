@@ -49,10 +49,15 @@ def _tower_table(results: dict) -> Table:
 def _bf16_line(results: dict) -> str:
     bf16, threads = results["bf16"], results["settings"]["threads"]
     timed = any(row["dtype"] == "bfloat16" for row in results["towers"])
-    verdict = "so the ViT-B/16 tower was timed in bfloat16" if timed else "so no bfloat16 tower run"
+    if timed:
+        verdict = "so the ViT-B/16 tower was timed in bfloat16"
+    elif bf16["bf16_over_fp32"] <= 1.0:
+        verdict = "so no bfloat16 tower run (it would only be slower)"
+    else:
+        verdict = "but no bfloat16 tower run: not in --compare"
     return (f"bfloat16: CPU flags {', '.join(bf16['cpu_flags']) or 'none of avx512_bf16/amx_bf16/avx512f/avx2'}, "
             f"torch CPU capability {bf16['cpu_capability']}, oneDNN bf16 {'yes' if bf16['onednn_bf16'] else 'no'}; "
-            f"a bf16 torch.mm ran {bf16['bf16_over_fp32']:.2f}x the fp32 one at {threads} threads, {verdict}")
+            f"a bf16 torch.mm ran {bf16['bf16_over_fp32']:.2f}x the fp32 one at {_threads(threads)}, {verdict}")
 
 
 def _flops_line(results: dict) -> str:
@@ -73,7 +78,7 @@ def _goal_lines(results: dict) -> list[str]:
     if base is None:
         return []
     met = "met" if base["fraction"] >= results["goal"] else "NOT met"
-    lines = [f"goal: {BIG} at float32, {base['threads']} threads, batch {base['batch']} reaches "
+    lines = [f"goal: {BIG} at float32, {_threads(base['threads'])}, batch {base['batch']} reaches "
              f"{100 * base['fraction']:.0f} % of the fp32 torch.mm peak (goal >= {100 * results['goal']:.0f} %): {met}"]
     if base["cpu_share"] < 0.9:
         lines.append(f"  its CPU share was {base['cpu_share']:.2f}: other processes held the cores; per CPU-second it "
@@ -94,3 +99,7 @@ def _ratio_lines(results: dict) -> list[str]:
             lines.append(f"{BIG} with {', '.join(differs)}: {row['frames_per_s'] / base['frames_per_s']:.2f}x the "
                          "default run's frames/s")
     return lines
+
+
+def _threads(count: int) -> str:
+    return f"{count} thread{'s' if count > 1 else ''}"
