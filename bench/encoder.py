@@ -30,15 +30,19 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-
-import click
-
-from redvillm.cli import command, config_from, friendly_errors, options_from, quiet_libraries
-from redvillm.settings import setting
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import click  # noqa: E402
+import torch  # noqa: E402
+
+import encoder_measures as em  # noqa: E402  (beside this script, which puts its folder first on sys.path)
+from encoder_report import report  # noqa: E402
+from redvillm.cli import command, config_from, friendly_errors, options_from, quiet_libraries  # noqa: E402
+from redvillm.settings import setting  # noqa: E402
 
 CPUS = len(os.sched_getaffinity(0))
 COMPARE = ("eager", "1-thread", "small-batch", "bfloat16", "onednn-linear")
@@ -54,23 +58,20 @@ class EncoderBench:
     threads: int = setting(CPUS, "torch threads (default: every CPU this process may use).")
     rounds: int = setting(3, "Interleaved rounds; each number is the best round's.")
     min_seconds: float = setting(0.3, "Each timing repeats its call until this long (one ViT-B forward is longer).")
-    towers: tuple[str, ...] = setting(("llava", "qwen2_vl", "qwen2_5_vl", "deepseek_vl", "deepseek_vl_hybrid", "internvl",
-                                       "llava_onevision", "gemma3", "vit_b16"), "Towers to time (tiny replicas by "
-                                      "family, vit_b16 the ViT-B/16-size CLIP).")
+    towers: tuple[str, ...] = setting(tuple(em.TOWERS), "Towers to time (tiny replicas by family; vit_b16: the "
+                                      "ViT-B/16-size CLIP).")
     compare: tuple[str, ...] = setting(COMPARE, "ViT-B/16 variants to time beside its default run.")
     json: str | None = setting(None, "Also write the numbers to this file.", path=True)
 
     def __post_init__(self):
-        from encoder_measures import TOWERS
-
         if min(self.batch, self.small_batch, self.threads, self.rounds) < 1 or self.min_seconds < 0:
             raise ValueError("--batch, --small-batch, --threads and --rounds must be >= 1, --min-seconds >= 0")
-        for value, known, flag in ((self.towers, TOWERS, "--towers"), (self.compare, COMPARE, "--compare")):
+        for value, known, flag in ((self.towers, em.TOWERS, "--towers"), (self.compare, COMPARE, "--compare")):
             unknown = [v for v in value if v not in known]
             if unknown:
                 raise ValueError(f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
-        if self.compare and "vit_b16" not in self.towers:
-            raise ValueError("--compare times variants of the vit_b16 tower: add it to --towers or pass --compare ''")
+        if self.compare and em.BIG not in self.towers:
+            raise ValueError(f"--compare times variants of the {em.BIG} tower: add it to --towers or pass --compare ''")
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,6 @@ class Matmul:
 @friendly_errors
 def main(ctx: click.Context, config_file: str | None, **flags) -> None:
     args = config_from(ctx, EncoderBench, config_file, **flags)
-    from encoder_report import report
-
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         results = measure(Path(tmp), args)
@@ -121,8 +120,6 @@ def main(ctx: click.Context, config_file: str | None, **flags) -> None:
 
 
 def measure(root: Path, args: EncoderBench) -> dict:
-    import encoder_measures as em
-
     best: dict = {}
     matmuls = matmul_plan(args)
     time_matmuls(matmuls, best, args.min_seconds)  # round one's matmuls also say whether bf16 is worth a tower run
@@ -144,14 +141,13 @@ def measure(root: Path, args: EncoderBench) -> dict:
         if round_index:
             time_matmuls(matmuls, best, args.min_seconds)
         for run in runs:
-            em.keep_best(best, run, em.best_time(lambda: _call(towers, run, run.batch), run.threads, args.min_seconds))
+            timing = em.best_time(partial(_call, towers, run, run.batch), run.threads, args.min_seconds)
+            em.keep_best(best, run, timing)
     return assemble(args, support, matmuls, best, runs, towers, flops)
 
 
 def matmul_plan(args: EncoderBench) -> list[Matmul]:
     """Every matmul timed: both dtypes through torch.mm, fp32 through oneDNN, at --threads (and 1)."""
-    import encoder_measures as em
-
     threads = sorted({args.threads, 1} if "1-thread" in args.compare else {args.threads}, reverse=True)
     tokens = (em.VIT_B16["image_size"] // em.VIT_B16["patch_size"]) ** 2 + 1  # patches and CLS
     shapes = em.matmul_shapes(args.batch, tokens, em.VIT_B16["vision_hidden"])
@@ -161,8 +157,6 @@ def matmul_plan(args: EncoderBench) -> list[Matmul]:
 
 
 def time_matmuls(plan: list[Matmul], best: dict, min_seconds: float) -> None:
-    import encoder_measures as em
-
     for matmul in plan:
         call = em.matmul_call(matmul.mnk, _dtype(matmul.dtype), matmul.path)
         call()  # first call: packing buffers, oneDNN primitive
@@ -181,8 +175,6 @@ def peaks(plan: list[Matmul], best: dict) -> dict[tuple[str, int, str], tuple[fl
 
 def tower_plan(args: EncoderBench, bf16_fast: bool) -> list[Run]:
     """Every tower at the settings, then the ViT-B/16 variants asked for (bf16 only where it is fast)."""
-    import encoder_measures as em
-
     runs = [Run(name, name, "float32", args.threads, args.batch) for name in args.towers]
     base = Run(em.BIG, em.BIG, "float32", args.threads, args.batch)
     variants = {
@@ -199,24 +191,18 @@ def tower_plan(args: EncoderBench, bf16_fast: bool) -> list[Run]:
 
 
 def _call(towers: dict, run: Run, batch: int):
-    import encoder_measures as em
-
     tower = towers[(run.tower, run.dtype, run.linear)]
     if run.tower == em.BIG:  # its variants share one config object: set the attention this run wants
         em.set_attention(tower.encoder, run.attention or tower.attention)
     return tower(batch)
 
 
-def _dtype(name: str):
-    import torch
-
+def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
 def assemble(args, support: dict, matmuls: list[Matmul], best: dict, runs: list[Run], towers: dict,
              flops: dict) -> dict:
-    import encoder_measures as em
-
     peak = peaks(matmuls, best)
     matmul_rows = [dict(dtype=m.dtype, threads=m.threads, path=m.path, shape=m.shape, mnk=list(m.mnk),
                         gflops=m.gflops(best[m][0]), cpu_share=best[m][1]) for m in matmuls]
@@ -237,7 +223,8 @@ def assemble(args, support: dict, matmuls: list[Matmul], best: dict, runs: list[
                          fraction_cpu=achieved / share / (peak_gflops / peak_share)))
     big = towers.get((em.BIG, "float32", "torch"))
     return dict(settings=asdict(args), bf16=support, matmul=matmul_rows,
-                peaks=[dict(dtype=d, threads=t, path=p, gflops=g, cpu_share=c) for (d, t, p), (g, c) in peak.items()], towers=rows,
+                peaks=[dict(dtype=d, threads=t, path=p, gflops=g, cpu_share=c) for (d, t, p), (g, c) in peak.items()],
+                towers=rows,
                 flops_method="torch.utils.flop_counter.FlopCounterMode on one frame (CPU flash attention counted "
                              "as the other SDPA kernels)",
                 vit_b16_analytic_gflop_per_frame=big and em.vit_flops_per_frame(big.encoder) / 1e9, goal=GOAL)

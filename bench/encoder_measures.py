@@ -127,7 +127,8 @@ def load_tower(checkpoint: Path, name: str, dtype: torch.dtype, batch: int, line
         swap_linears(encoder)
     preprocess = family.frame_preprocess()
     height, width = preprocess.fixed_output_hw()
-    frames = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=generator)
     return Tower(name, encoder, normalize(frames, preprocess, dtype), dtype, attention_of(encoder), linear)
 
 

@@ -23,7 +23,8 @@ def _matmul_table(results: dict) -> Table:
         table.add_column(column, justify="right" if column in ("threads", "GFLOP/s", "CPU share") else "left")
     for row in results["matmul"]:
         path = row["path"] if row["path"] == "torch.mm" else f"{row['path']} (not the encoder's path)"
-        table.add_row(row["dtype"], path, str(row["threads"]), f"{row['shape']}: {' x '.join(map(str, row['mnk']))} (m k n)",
+        mnk = " x ".join(map(str, row["mnk"]))
+        table.add_row(row["dtype"], path, str(row["threads"]), f"{row['shape']}: {mnk} (m k n)",
                       f"{row['gflops']:.1f}", f"{row['cpu_share']:.2f}")
     return table
 
@@ -82,7 +83,8 @@ def _goal_lines(results: dict) -> list[str]:
              f"{100 * base['fraction']:.0f} % of the fp32 torch.mm peak (goal >= {100 * results['goal']:.0f} %): {met}"]
     if base["cpu_share"] < 0.9:
         lines.append(f"  its CPU share was {base['cpu_share']:.2f}: other processes held the cores; per CPU-second it "
-                     f"got, {100 * base['fraction_cpu']:.0f} %; rerun when the machine is quieter, or with more --rounds")
+                     f"got, {100 * base['fraction_cpu']:.0f} %; rerun when the machine is quieter, or with more "
+                     "--rounds")
     return lines
 
 
@@ -94,8 +96,8 @@ def _ratio_lines(results: dict) -> list[str]:
     lines = []
     for row in results["towers"]:
         if row["tower"] == BIG and row is not base:
-            differs = [f"{key} {row[key]} (not {base[key]})" for key in ("dtype", "attention", "linear", "threads", "batch")
-                       if base[key] != row[key]]
+            keys = ("dtype", "attention", "linear", "threads", "batch")
+            differs = [f"{key} {row[key]} (not {base[key]})" for key in keys if base[key] != row[key]]
             lines.append(f"{BIG} with {', '.join(differs)}: {row['frames_per_s'] / base['frames_per_s']:.2f}x the "
                          "default run's frames/s")
     return lines
