@@ -47,9 +47,10 @@ BENCH_FLAGS = {
     "train": "--videos --frames --batch --steps --workers --rss-steps --threads --out-dir --json",
     "infer": "--questions --new-tokens --threads --json",
     "serve": "--requests --clients --new-tokens --rounds --batch-wait-ms --threads --json",
+    "encoder": "--batch --small-batch --threads --rounds --min-seconds --towers --compare --json",
 }
 BENCH_BAD = {"extract": ["--videos", "3"], "train": ["--batch", "60"], "infer": ["--questions", "0"],
-             "serve": ["--clients", "0"]}
+             "serve": ["--clients", "0"], "encoder": ["--compare", "eager,sideways"]}
 
 
 def data_command(name: str):
