@@ -35,8 +35,8 @@ class ExtractConfig:
     decode_workers: int | Literal["auto"] = setting(
         "auto", "Decoder processes running ahead of the encoder (auto: one per usable CPU, less one when the "
                 "encoder is on a GPU).")
-    threads: int | None = setting(None, "Encoder torch threads on CPU (default: before each batch, every core no "
-                                        "decoder is using then).")
+    threads: int | None = setting(None, "Encoder torch threads on CPU (default: every usable CPU; the decoders run "
+                                        "at a lower priority and take what the encoder leaves).")
     resize_on: Literal["auto", "workers", "device"] = setting(
         "auto", "Where frames are resized to the encoder's input size: in the decoder processes, or on the "
                 "encoder's device from source-resolution frames (auto: on the device when it is a GPU, sparing the "

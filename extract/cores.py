@@ -1,18 +1,22 @@
 """Who gets the CPU cores during extraction: the decoder processes and the encoder's torch threads.
 
-A fixed split starves one side: on 2 cores the old default (2 decoders, the encoder on the
-cores they "leave": 1 thread) ran an encoder-bound extraction (a ViT-B/16-size tower on CPU)
-2.5x slower than a serial extractor, because the decoders finish their few videos ahead in a
-second and then sit idle while the encoder computes on one core for the rest of the video.
-So the split follows the work instead: before every encoder batch, the encoder takes every core
-no decoder is using at that moment (decoders flag themselves busy while they decode). When
-decoding is ahead, the encoder has all cores; when it is behind, the decoders keep theirs.
+A fixed split starves one side. The old default (2 decoders, the encoder on the cores they
+"leave": 1 thread on 2 cores) ran an encoder-bound extraction (a ViT-B/16-size tower on CPU)
+2.5x slower than a serial extractor: the decoders finish their few videos ahead in a second and
+then sit idle while the encoder computes on one core. Deciding the split ourselves, even per
+encoder batch, is too coarse (a video of T = 16 frames is one batch, decided while the decoders
+are busy with the next videos: measured 1.36x slower than the best fixed split).
+
+So the split is the scheduler's: the encoder runs on every core, and the decoders run at a lower
+priority (extract/worker.py). They only have to stay a few videos ahead: when both want a core
+the encoder gets it; whenever the encoder waits for frames (decoding is behind), every core is
+the decoders'. bench/extract_regimes.py measures it against hand-tuned splits and a serial
+extractor, decode-bound and encoder-bound.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import torch
 
@@ -27,25 +31,13 @@ def usable_cpus() -> int:
 def auto_decode_workers(device: torch.device) -> int:
     """Decoders for `--decode-workers auto`: one per usable CPU, less the one that feeds a GPU.
 
-    With the encoder on CPU, the decoders may take every core: they only decode a few videos
-    ahead, then wait, and the encoder takes the cores they are not using (EncoderThreads).
+    With the encoder on CPU the decoders may have every core too: at their lower priority they
+    take only what the encoder leaves.
     """
     cpus = usable_cpus()
     return max(1, cpus - 1) if device.type == "cuda" else cpus
 
 
-class EncoderThreads:
-    """Sets the encoder's torch threads before each batch: `fixed`, or the cores no decoder uses now."""
-
-    def __init__(self, decoding_now: Callable[[], int], fixed: int | None = None, cores: int | None = None):
-        self.decoding_now, self.fixed = decoding_now, fixed
-        self.cores = cores or usable_cpus()
-        self.current = 0
-        self.history: list[int] = []  # the thread count of each batch (the bench and tests read it)
-
-    def before_batch(self) -> None:
-        wanted = self.fixed or max(1, self.cores - self.decoding_now())
-        if wanted != self.current:
-            torch.set_num_threads(wanted)
-            self.current = wanted
-        self.history.append(wanted)
+def encoder_threads(fixed: int | None) -> int:
+    """The encoder's torch threads on CPU: `--threads`, else every usable CPU."""
+    return fixed or usable_cpus()

@@ -149,7 +149,6 @@ def _decodable(jobs: Iterable[DecodeJob], rejected: list[DecodeResult]) -> Itera
 class _Worker:
     process: mp.Process
     conn: Connection
-    busy: object  # a shared byte: 1 while the worker decodes
     job: DecodeJob | None = None
     block: str | None = None  # the shared-memory name sent with the job: removed if the worker dies
     sent: float = 0.0  # when the job went down the pipe
@@ -175,23 +174,14 @@ class DecodePool:
         self._workers = [self._spawn() for _ in range(num_workers)]
         self.decode_seconds = 0.0  # summed over the results: how busy the decoders were
 
-    @property
-    def num_workers(self) -> int:
-        return len(self._workers)
-
-    def decoding_now(self) -> int:
-        """How many workers are decoding at this moment (not idle, not waiting to hand a result over)."""
-        return sum(w.busy.value for w in self._workers if w.job is not None)
-
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         deathsig = threading.current_thread() is threading.main_thread()
-        busy = self._ctx.RawValue("b", 0)
-        process = self._ctx.Process(target=worker_main, args=(child, self.settings, os.getpid(), deathsig, busy),
+        process = self._ctx.Process(target=worker_main, args=(child, self.settings, os.getpid(), deathsig),
                                     daemon=True)
         process.start()
         child.close()
-        return _Worker(process, parent, busy)
+        return _Worker(process, parent)
 
     def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[DecodeResult]:
         rejected: list[DecodeResult] = []  # no regular file (FIFO, folder, dangling link): never sent

@@ -27,7 +27,7 @@ from redvillm.memory import pin_mmap_threshold
 from redvillm.cache import RAW, CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
-from redvillm.extract.cores import EncoderThreads, auto_decode_workers
+from redvillm.extract.cores import auto_decode_workers, encoder_threads
 from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, resize_in_workers, retry_due
 from redvillm.extract.lock import lock_output
 from redvillm.extract.space import StoredSize, check_space, disk_full, is_disk_full
@@ -129,13 +129,14 @@ class EncodedSource:
         self.cfg = cfg
         self.videos: list[Video] = find_videos(cfg.videos)
         self.decode_workers, self.decode_seconds, self.encode_seconds = 0, 0.0, 0.0  # for the summary
-        self.threads: EncoderThreads | None = None
 
     def prepare(self, dist_info) -> None:
         """Load the encoder (after OUT is locked); sets `info` and `size`."""
         cfg = self.cfg
         self.device = distributed.resolve_device(cfg.device, dist_info)
         self.dtype = distributed.resolve_dtype(cfg.dtype, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(encoder_threads(cfg.threads))  # every core: decoders yield (extract/cores.py)
         self.family = load_family(cfg.model, cfg.revision, cfg.image_size)
         self.encoder = self.family.load_frame_encoder(self.device, self.dtype)
         self.preprocess = self.family.frame_preprocess()
@@ -154,8 +155,6 @@ class EncodedSource:
         wanted = auto_decode_workers(self.device) if cfg.decode_workers == "auto" else cfg.decode_workers
         self.decode_workers = min(wanted, len(todo))  # none at all when everything is cached
         with DecodePool(settings, self.decode_workers, cfg.decode_timeout, cfg.recycle_after) as pool:
-            if self.device.type == "cpu":  # the encoder takes the cores no decoder is using (extract/cores.py)
-                self.threads = EncoderThreads(pool.decoding_now, cfg.threads)
             try:
                 yield (self._outcome(result) for result in pool.imap(jobs))
             finally:
@@ -168,7 +167,7 @@ class EncodedSource:
         frames = torch.from_numpy(result.frames)
         outcome = Outcome(job.video_id, job.path, attrs=dict(result.meta, path=str(job.path)), frames=len(frames))
         args = (self.encoder, frames, self.cfg.batch_size, self.device, self.dtype, self.preprocess)
-        options = dict(before_batch=self.threads and self.threads.before_batch, resize=not result.resized)
+        options = dict(resize=not result.resized)
         began = time.perf_counter()
         if self.cfg.store == RAW:
             outcome.tokens = encode_frames(*args, **options)
@@ -276,19 +275,15 @@ def _fail(outcome: Outcome, reason: str, store: CacheStore, summary: ExtractSumm
 
 
 def encode_batches(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                   preprocess, before_batch: Callable[[], None] | None = None,
-                   resize: bool = False) -> Iterator[torch.Tensor]:
+                   preprocess, resize: bool = False) -> Iterator[torch.Tensor]:
     """(T, 3, h, w) uint8 -> (b, N, D) float16 tokens on the CPU, `batch_size` frames per forward, in order.
 
     `resize`: the frames are (T, H, W, 3) at source resolution; each batch gets the backbone's
-    geometry (resize_and_crop, as the decoders would apply it) on `device` first.
-    `before_batch` runs before each forward (EncoderThreads: the CPU threads follow the decoders)."""
+    geometry (resize_and_crop, as the decoders would apply it) on `device` first."""
     from redvillm.frames import normalize, resize_and_crop
 
     with torch.inference_mode():
         for start in range(0, frames.shape[0], batch_size):
-            if before_batch is not None:
-                before_batch()
             batch = frames[start : start + batch_size].to(device, non_blocking=True)
             if resize:
                 batch = resize_and_crop(batch, preprocess)  # (b, H, W, 3) -> (b, 3, h, w)
@@ -297,18 +292,17 @@ def encode_batches(encoder, frames: torch.Tensor, batch_size: int, device: torch
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  preprocess, before_batch: Callable[[], None] | None = None, resize: bool = False) -> np.ndarray:
+                  preprocess, resize: bool = False) -> np.ndarray:
     """(T, 3, h, w) uint8 -> (T, N, D) float16 tokens, `batch_size` frames per forward (see encode_batches)."""
-    batches = encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch, resize)
+    batches = encode_batches(encoder, frames, batch_size, device, dtype, preprocess, resize)
     return torch.cat(list(batches)).numpy()
 
 
 def encode_pooled(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  preprocess, pool, before_batch: Callable[[], None] | None = None,
-                  resize: bool = False) -> PooledVideo:
+                  preprocess, pool, resize: bool = False) -> PooledVideo:
     """(T, 3, h, w) uint8 -> the video's pooled sets, pooled batch by batch: never a (T, N, D) array."""
     running = RunningPool(pool)
-    for tokens in encode_batches(encoder, frames, batch_size, device, dtype, preprocess, before_batch, resize):
+    for tokens in encode_batches(encoder, frames, batch_size, device, dtype, preprocess, resize):
         running.add(tokens.numpy())
         del tokens  # not kept alive while the encoder computes the next batch
     return running.result()

@@ -26,7 +26,7 @@ STARTED = "started"  # a worker's message when it begins decoding: the timeout c
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool, busy) -> None:
+def worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool) -> None:
     _exit_with_parent(parent_pid, deathsig)
     import decord  # noqa: F401 - imported before the first video, so its timeout counts decoding only
     import torch
@@ -34,6 +34,7 @@ def worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, dea
     import redvillm.extract.sampling  # noqa: F401
 
     torch.set_num_threads(1)  # parallelism comes from the number of workers
+    _lower_priority()
     _capture_native_stderr()
     while True:
         message = conn.recv()
@@ -41,11 +42,9 @@ def worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, dea
             return
         job, name = message  # name: the shared-memory block for this video's frames (None: the pipe)
         conn.send(STARTED)
-        busy.value = 1  # read by the parent to give the encoder the cores no decoder uses
         os.ftruncate(2, 0)
         os.lseek(2, 0, os.SEEK_SET)
         result = _decode_job(job, FrameBlock(name), settings)
-        busy.value = 0
         conn.send(result)
 
 
@@ -118,3 +117,16 @@ def explain(err: Exception, native: list[str] = ()) -> str:
         return f"not a readable video: {native[-1]}"
     reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return f"{reason} ({native[-1]})" if native else reason
+
+
+DECODER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Decoders yield the CPU to the encoder: they only have to stay a few videos ahead of it, so when
+    both want a core the encoder gets it, and whenever the encoder waits (decoding is behind) every
+    core is the decoders'. The scheduler does this per time slice, finer than any split we could set."""
+    try:
+        os.nice(DECODER_NICENESS)
+    except (AttributeError, OSError):
+        pass  # not on this platform, or not allowed: equal priority, still correct
