@@ -81,8 +81,12 @@ class ExtractSummary:
         if not self.decode_workers:
             return None
         decoders, encoder = self.busy()
-        side = ("decoding: more CPUs (--decode-workers) would speed this up" if decoders >= encoder else
-                "the encoder: a faster device or a larger --batch-size would speed this up")
+        if max(decoders, encoder) < 0.5:  # a short run: loading the model and starting workers took most of it
+            side = "neither: most of the run was start-up (model load, decoder processes)"
+        elif decoders >= encoder:
+            side = "decoding: more CPUs (--decode-workers) would speed this up"
+        else:
+            side = "the encoder: a faster device or a larger --batch-size would speed this up"
         return (f"decoders busy {decoders:.0%} of the time ({self.decode_workers} processes), encoder {encoder:.0%}; "
                 f"the limit was {side}")
 

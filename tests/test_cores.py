@@ -50,3 +50,15 @@ def test_extraction_uses_every_core_and_reports_how_busy_each_side_was(synthetic
     assert 0 < decoders <= 1 and 0 < encoder <= 1
     assert summary.decode_seconds > 0 and summary.encode_seconds > 0
     assert f"({summary.decode_workers} processes)" in summary.load_line()
+
+
+def test_the_load_line_names_the_busier_side_or_start_up():
+    from redvillm.extract.pipeline import ExtractSummary
+
+    summary = ExtractSummary(Path("c.h5"), 1, 0, 0, 1, seconds=10.0, decode_workers=2)
+    summary.decode_seconds, summary.encode_seconds = 18.0, 3.0  # decoders 90%, encoder 30%
+    assert "the limit was decoding" in summary.load_line()
+    summary.decode_seconds, summary.encode_seconds = 4.0, 9.0
+    assert "the limit was the encoder" in summary.load_line()
+    summary.decode_seconds, summary.encode_seconds = 0.1, 0.1
+    assert "start-up" in summary.load_line()
