@@ -13,9 +13,9 @@ from redvillm.errors import UserError
 from redvillm.extras import require
 
 
-def _run(command: str, module: str, needs: tuple[str, ...] = ()) -> None:
+def _run(command: str, module: str) -> None:
     try:
-        require("click", "rich", *needs, purpose=command)
+        require("click", "rich", purpose=command)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -23,7 +23,8 @@ def _run(command: str, module: str, needs: tuple[str, ...] = ()) -> None:
 
 
 def extract() -> None:
-    _run("redvillm-extract", "redvillm.extract.cli", needs=("decord",))
+    # decord is checked where videos are decoded (DecodePool): converting a raw cache needs none.
+    _run("redvillm-extract", "redvillm.extract.cli")
 
 
 def train() -> None:
