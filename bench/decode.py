@@ -1,4 +1,4 @@
-"""Reading the sampled frames: stage one's chunked get_batch vs one get_batch vs seek-free reading.
+"""Reading the sampled frames: stage one's way vs one get_batch vs fixed chunks vs seek-free reading.
 
     python bench/decode.py [--videos 3] [--seconds 20] [--fps 30] [--keyint 250] [--frames 16,100,300]
                            [--rounds 3] [--json PATH]
@@ -8,18 +8,22 @@ Real videos are long-GOP h264 (a keyframe every few seconds), unlike the synthet
 scrolling random texture with x264 at --keyint, then times, per T in --frames, each way of
 reading the T uniformly sampled frames (decord, one thread, a fresh reader each time):
 
-    chunked      what extract/decode.py does: get_batch over 16 indices at a time (bounds memory
-                 at 4K: 16 frames, not T, at source resolution)
-    one batch    a single get_batch of all T indices (the plain way)
+    redvillm     what extract/decode.py does: the first sampled frame alone (its size decides),
+                 then as many as fit in DecodeSettings.batch_bytes per get_batch (all of them
+                 up to 1080p at T=100)
+    one batch    a single get_batch of all T indices (the plain way; the reference)
+    chunks of 16 get_batch over 16 indices at a time (stage one before this bench)
     sequential   no seek at all: skip_frames to the next sampled index, then next()
 
-Every strategy must return the same frames (checked); printed: best-of-rounds ms per video and
-the ratios to chunked.
+Every strategy must return the same frames (checked); printed: best-of-rounds wall and CPU ms
+per video (CPU: user + system seconds of this process, less sensitive to a busy machine) and
+the ratios to one batch.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +33,7 @@ import click
 from redvillm.cli import command
 import numpy as np
 
-CHUNK = 16  # as DecodeSettings.chunk
+CHUNK = 16  # stage one's fixed get_batch size before the byte budget
 
 
 def write_clip(path: Path, seconds: int, fps: int, keyint: int, seed: int) -> None:
@@ -55,13 +59,23 @@ def _reader(path: Path):
     return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
 
 
-def chunked(path: Path, indices: list[int]) -> np.ndarray:
+def redvillm(path: Path, indices: list[int]) -> np.ndarray:
+    from redvillm.extract.decode import DecodeSettings
+
     reader = _reader(path)
-    return np.concatenate([reader.get_batch(indices[s : s + CHUNK]).asnumpy() for s in range(0, len(indices), CHUNK)])
+    first = reader.get_batch(indices[:1]).asnumpy()
+    step = DecodeSettings(len(indices), "uniform", "repeat", preprocess=None).frames_per_call(first[0].nbytes)
+    rest = [reader.get_batch(indices[s : s + step]).asnumpy() for s in range(1, len(indices), step)]
+    return np.concatenate([first, *rest])
 
 
 def one_batch(path: Path, indices: list[int]) -> np.ndarray:
     return _reader(path).get_batch(indices).asnumpy()
+
+
+def chunked(path: Path, indices: list[int]) -> np.ndarray:
+    reader = _reader(path)
+    return np.concatenate([reader.get_batch(indices[s : s + CHUNK]).asnumpy() for s in range(0, len(indices), CHUNK)])
 
 
 def sequential(path: Path, indices: list[int]) -> np.ndarray:
@@ -77,30 +91,39 @@ def sequential(path: Path, indices: list[int]) -> np.ndarray:
     return np.stack(frames)
 
 
-STRATEGIES = {"chunked": chunked, "one batch": one_batch, "sequential": sequential}
+STRATEGIES = {"redvillm": redvillm, "one batch": one_batch, "chunks of 16": chunked, "sequential": sequential}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(paths: list[Path], frames: list[int], rounds: int) -> dict:
+    """{T: {strategy: {"wall": ms, "cpu": ms}}} per video, best of rounds."""
     from redvillm.extract.sampling import sample_indices
 
     results = {}
     for count in frames:
-        best = dict.fromkeys(STRATEGIES, float("inf"))
+        best = {name: {"wall": float("inf"), "cpu": float("inf")} for name in STRATEGIES}
         for _ in range(rounds):  # interleaved, so drift of the machine hits every strategy alike
-            total = dict.fromkeys(STRATEGIES, 0.0)
+            total = {name: {"wall": 0.0, "cpu": 0.0} for name in STRATEGIES}
             for path in paths:
                 indices = sample_indices(len(_reader(path)), count, "uniform", "repeat").tolist()
                 reference = None
                 for name, read in STRATEGIES.items():
-                    started = time.perf_counter()
+                    wall, cpu = time.perf_counter(), _cpu()
                     got = read(path, indices)
-                    total[name] += time.perf_counter() - started
+                    total[name]["wall"] += time.perf_counter() - wall
+                    total[name]["cpu"] += _cpu() - cpu
                     if reference is None:
                         reference = got
                     elif not np.array_equal(got, reference):
-                        raise RuntimeError(f"{name} read other frames than chunked from {path} at T={count}")
-            best = {name: min(best[name], total[name] / len(paths)) for name in STRATEGIES}
-        results[count] = {name: 1e3 * seconds for name, seconds in best.items()}
+                        raise RuntimeError(f"{name} read other frames than redvillm from {path} at T={count}")
+            for name in STRATEGIES:
+                for kind in ("wall", "cpu"):
+                    best[name][kind] = min(best[name][kind], 1e3 * total[name][kind] / len(paths))
+        results[count] = best
     return results
 
 
@@ -122,13 +145,15 @@ def main(videos: int, seconds: int, fps: int, keyint: int, frames: str, rounds: 
     for i, path in enumerate(paths):
         write_clip(path, seconds, fps, keyint, seed=i)
     results = measure(paths, [int(t) for t in frames.split(",")], rounds)
-    table = Table(title=f"{seconds} s 640x480 clips at {fps} fps, keyframe every {keyint}: ms per video (best of "
-                        f"{rounds})")
+    table = Table(title=f"{seconds} s 640x480 clips at {fps} fps, keyframe every {keyint}: ms per video, wall / "
+                        f"CPU (best of {rounds}; ratio to one batch)")
     table.add_column("T", justify="right")
     for name in STRATEGIES:
         table.add_column(name, justify="right")
     for count, ms in results.items():
-        table.add_row(str(count), *(f"{ms[name]:.0f} ({ms[name] / ms['chunked']:.2f}x)" for name in STRATEGIES))
+        base = ms["one batch"]
+        table.add_row(str(count), *(f"{ms[n]['wall']:.0f} / {ms[n]['cpu']:.0f} ({ms[n]['wall'] / base['wall']:.2f}x / "
+                                    f"{ms[n]['cpu'] / base['cpu']:.2f}x)" for n in STRATEGIES))
     Console().print(table)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))

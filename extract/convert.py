@@ -49,7 +49,7 @@ class CachedSource:
             raise UserError(f"{cfg.output}: OUT is VIDEOS itself; pool into another OUT")
         self.videos = [Video(v, self.cache.shard_path(v)) for v in sorted(self.cache)]
 
-    def prepare(self, dist_info) -> None:
+    def prepare(self, dist_info, mine: list[Video]) -> None:
         """The family that pools (from the cache's own provenance); sets `info` and `size`."""
         self.info = dataclasses.replace(CacheInfo.from_dict(self.cache.info), store=POOLED)
         self.family = family_for_cache(self.info.model, self.info.revision, self.cache.info)
@@ -58,10 +58,10 @@ class CachedSource:
 
     @contextmanager
     def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
-        try:
-            yield (self._outcome(video) for video in todo)
-        finally:
-            self.cache.close()
+        yield (self._outcome(video) for video in todo)
+
+    def close(self) -> None:
+        self.cache.close()
 
     def _outcome(self, video: Video) -> Outcome:
         try:

@@ -21,23 +21,24 @@ import os
 import torch
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask: what a container or taskset allows)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def usable_cpus(ranks_here: int = 1) -> int:
+    """The CPUs this process may run on (its affinity mask: what a container or taskset allows),
+    shared evenly among the `ranks_here` extractors torchrun started on this machine."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, ranks_here))
 
 
-def auto_decode_workers(device: torch.device) -> int:
-    """Decoders for `--decode-workers auto`: one per usable CPU, less the one that feeds a GPU.
+def auto_decode_workers(device: torch.device, ranks_here: int = 1) -> int:
+    """Decoders for `--decode-workers auto`: one per CPU of this rank's share, less the one that
+    feeds a GPU.
 
     With the encoder on CPU the decoders may have every core too: at their lower priority they
     take only what the encoder leaves.
     """
-    cpus = usable_cpus()
+    cpus = usable_cpus(ranks_here)
     return max(1, cpus - 1) if device.type == "cuda" else cpus
 
 
-def encoder_threads(fixed: int | None) -> int:
-    """The encoder's torch threads on CPU: `--threads`, else every usable CPU."""
-    return fixed or usable_cpus()
+def encoder_threads(fixed: int | None, ranks_here: int = 1) -> int:
+    """The encoder's torch threads on CPU: `--threads`, else every CPU of this rank's share."""
+    return fixed or usable_cpus(ranks_here)

@@ -61,13 +61,23 @@ class DecodeSettings:
     sampling_rule: str
     short_videos: str
     preprocess: FramePreprocess
-    chunk: int = 16  # frames decoded (and resized) at once: bounds worker memory on 4K video
+    # Frames per get_batch: after the first sampled frame (which tells their size), as many as fit in
+    # batch_bytes at source resolution, so up to 1080p at T=100 a video is read in two calls (each
+    # call seeks to the keyframe before its first frame and decodes on from there: on long-GOP
+    # video, smaller calls decode the same frames again and again; bench/decode.py). `chunk` caps it.
+    batch_bytes: int = 256 << 20
+    chunk: int | None = None
     # False: the frames leave the worker at source resolution and the encoder's process resizes
     # them on its device (on a GPU, which spares the decoders about a third of their CPU work).
     resize: bool = True
     # ... except a video whose sampled source frames exceed this many bytes, resized here anyway:
     # 100 4K frames are 2.5 GB, held once per worker running ahead plus once by the encoder.
     source_budget: int = 1 << 30
+
+    def frames_per_call(self, frame_bytes: int) -> int:
+        """How many sampled frames one get_batch reads, at `frame_bytes` per source frame."""
+        fit = max(1, self.batch_bytes // frame_bytes)
+        return min(fit, self.chunk) if self.chunk else fit
 
     def resizes(self, frames: int, height: int, width: int) -> bool:
         """Whether the worker applies the geometry to `frames` sampled frames of this size."""
@@ -111,15 +121,18 @@ def decode_video(path: Path, settings: DecodeSettings, allocate=np.empty) -> tup
     if total == 0:
         raise ValueError("no decodable video frames")
     indices = sample_indices(total, settings.num_frames, settings.sampling_rule, settings.short_videos)
-    frames = resize = None  # known once the first frames are decoded: their size decides
-    for start in range(0, len(indices), settings.chunk):
-        batch = reader.get_batch(indices[start : start + settings.chunk].tolist()).asnumpy()  # (c, H, W, 3)
+    frames = resize = None  # known once the first frame is decoded: its size decides
+    start, step = 0, 1
+    while start < len(indices):
+        batch = reader.get_batch(indices[start : start + step].tolist()).asnumpy()  # (c, H, W, 3)
         if resize is None:
             resize = settings.resizes(len(indices), *batch.shape[1:3])
+            step = settings.frames_per_call(batch[0].nbytes)
         part = resize_and_crop(torch.from_numpy(batch), settings.preprocess).numpy() if resize else batch
         if frames is None:
             frames = allocate((len(indices), *part.shape[1:]))
         frames[start : start + len(part)] = part
+        start += len(part)
     height, width = batch.shape[1:3]
     fps = float(reader.get_avg_fps())
     meta = {
@@ -159,6 +172,33 @@ class _Worker:
         return self.started + timeout if self.started is not None else self.sent + startup
 
 
+# What a decoder imports before its first video, once per run in the forkserver (seconds for torch).
+PRELOAD = ["torch", "decord", "redvillm.extract.worker", "redvillm.extract.sampling", "redvillm.frames"]
+
+
+def decoder_context():
+    """How decoder processes start: forked from a forkserver that imported PRELOAD once, so a
+    worker (first, recycled or replacing a killed one) is ready in milliseconds instead of the
+    seconds a fresh interpreter takes to import torch, which on a small machine competed with
+    loading the encoder and delayed the first video. Never a plain fork of the extractor, which
+    holds torch threads (and CUDA). Spawn where there is no forkserver (Windows)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # no effect if this process's forkserver already runs
+    return context
+
+
+def warm_up_decoders() -> None:
+    """Start the forkserver now (it imports PRELOAD in the background) so that the DecodePool made
+    later, once the encoder is loaded, forks its workers at once instead of waiting for it."""
+    context = decoder_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 class DecodePool:
     """``imap(jobs)`` yields a DecodeResult per job, in completion order."""
 
@@ -170,13 +210,14 @@ class DecodePool:
         require("decord", purpose="decoding videos")
         self.settings, self.timeout, self.recycle_after = settings, timeout, recycle_after
         self.startup_timeout = startup_timeout
-        self._ctx = mp.get_context("spawn")  # never fork a parent holding torch threads or CUDA
+        self._ctx = decoder_context()
         self._workers = [self._spawn() for _ in range(num_workers)]
         self.decode_seconds = 0.0  # summed over the results: how busy the decoders were
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        deathsig = threading.current_thread() is threading.main_thread()
+        # The kernel's death signal follows the thread that forked: the forkserver's only thread, or ours.
+        deathsig = self._ctx.get_start_method() == "forkserver" or threading.current_thread() is threading.main_thread()
         process = self._ctx.Process(target=worker_main, args=(child, self.settings, os.getpid(), deathsig),
                                     daemon=True)
         process.start()
@@ -270,10 +311,18 @@ class DecodePool:
         return self._spawn()
 
     def _stop(self, worker: _Worker) -> None:
+        self._ask_to_exit(worker)
+        self._reap(worker)
+
+    @staticmethod
+    def _ask_to_exit(worker: _Worker) -> None:
         try:
             worker.conn.send(None)
         except OSError:
             pass
+
+    @staticmethod
+    def _reap(worker: _Worker) -> None:
         worker.process.join(timeout=5)
         if worker.process.is_alive():
             worker.process.kill()
@@ -288,12 +337,20 @@ class DecodePool:
         if worker.block is not None:
             discard(worker.block)
 
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
     def close(self) -> None:
+        """Kill the busy workers; the idle ones are all told to exit first, then reaped."""
+        idle = [w for w in self._workers if w.job is None]
+        for worker in idle:
+            self._ask_to_exit(worker)
         for worker in self._workers:
             if worker.job is not None:
                 self._end(worker)
-            else:
-                self._stop(worker)
+        for worker in idle:
+            self._reap(worker)
         self._workers = []
 
     def __enter__(self) -> DecodePool:

@@ -28,7 +28,8 @@ from redvillm.cache import RAW, CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
 from redvillm.extract.cores import auto_decode_workers, encoder_threads
-from redvillm.extract.decode import DecodeJob, DecodePool, DecodeResult, DecodeSettings, resize_in_workers, retry_due
+from redvillm.extract.decode import (DecodeJob, DecodePool, DecodeResult, DecodeSettings, resize_in_workers,
+                                    retry_due, warm_up_decoders)
 from redvillm.extract.lock import lock_output
 from redvillm.extract.space import StoredSize, check_space, disk_full, is_disk_full
 from redvillm.extract.store import CacheStore, Failure, NonFiniteTokens
@@ -122,8 +123,11 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     rank, world = _partition(cfg, dist_info)
     source = CachedSource(cfg) if is_cache(cfg.videos) else EncodedSource(cfg)
     with lock_output(Path(cfg.output), rank):  # before anything is read or removed there
-        source.prepare(dist_info)
-        return _extract_locked(cfg, source, progress, notify or log.warning, dist_info, rank, world, started)
+        try:
+            source.prepare(dist_info, source.videos[rank::world])
+            return _extract_locked(cfg, source, progress, notify or log.warning, dist_info, rank, world, started)
+        finally:
+            source.close()
 
 
 class EncodedSource:
@@ -134,35 +138,49 @@ class EncodedSource:
         self.videos: list[Video] = find_videos(cfg.videos)
         self.decode_workers, self.decode_seconds, self.encode_seconds = 0, 0.0, 0.0  # for the summary
 
-    def prepare(self, dist_info) -> None:
-        """Load the encoder (after OUT is locked); sets `info` and `size`."""
+    def prepare(self, dist_info, mine: list[Video]) -> None:
+        """Load the encoder and start the decoders (after OUT is locked); sets `info` and `size`.
+
+        The decoders' imports (torch and decord: seconds) run in the forkserver while the encoder
+        loads, instead of delaying the first video (extract/decode.py)."""
         cfg = self.cfg
+        if mine:
+            warm_up_decoders()
         self.device = distributed.resolve_device(cfg.device, dist_info)
         self.dtype = distributed.resolve_dtype(cfg.dtype, self.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(encoder_threads(cfg.threads))  # every core: decoders yield (extract/cores.py)
+        if self.device.type == "cpu":  # every core: decoders yield (extract/cores.py)
+            torch.set_num_threads(encoder_threads(cfg.threads, dist_info.local_world_size))
         self.family = load_family(cfg.model, cfg.revision, cfg.image_size)
-        self.encoder = self.family.load_frame_encoder(self.device, self.dtype)
         self.preprocess = self.family.frame_preprocess()
+        self.encoder = self.family.load_frame_encoder(self.device, self.dtype)
+        self.pool = self._start_decoders(dist_info, len(mine))
         self.info = _cache_info(cfg, self.family, self.encoder, self.preprocess, self.dtype)
         units, width = self.encoder.num_patches, self.encoder.hidden_size
         if cfg.store != RAW:
             units, width = pooled_shape(self.family.pool, units, width)
         self.size = StoredSize(cfg.store, cfg.num_frames, units, width)
 
-    @contextmanager
-    def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
+    def _start_decoders(self, dist_info, videos: int) -> DecodePool:
         cfg = self.cfg
         settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, self.preprocess,
                                   resize=resize_in_workers(self.device, cfg.resize_on))
+        wanted = (auto_decode_workers(self.device, dist_info.local_world_size) if cfg.decode_workers == "auto"
+                  else cfg.decode_workers)
+        # Before the cache is read, the videos left are unknown: those of this rank bound the count.
+        return DecodePool(settings, min(wanted, videos), cfg.decode_timeout, cfg.recycle_after)
+
+    @contextmanager
+    def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
         jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
-        wanted = auto_decode_workers(self.device) if cfg.decode_workers == "auto" else cfg.decode_workers
-        self.decode_workers = min(wanted, len(todo))  # none at all when everything is cached
-        with DecodePool(settings, self.decode_workers, cfg.decode_timeout, cfg.recycle_after) as pool:
-            try:
-                yield (self._outcome(result) for result in pool.imap(jobs))
-            finally:
-                self.decode_seconds = pool.decode_seconds
+        self.decode_workers = min(self.pool.size, len(todo))  # none at all when everything is cached
+        try:
+            yield (self._outcome(result) for result in self.pool.imap(jobs))
+        finally:
+            self.decode_seconds = self.pool.decode_seconds
+
+    def close(self) -> None:
+        if hasattr(self, "pool"):
+            self.pool.close()
 
     def _outcome(self, result: DecodeResult) -> Outcome:
         job = result.job

@@ -27,6 +27,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, deathsig: bool) -> None:
+    _lower_priority()  # first: the imports below (when not preloaded) must not slow the encoder's loading
     _exit_with_parent(parent_pid, deathsig)
     import decord  # noqa: F401 - imported before the first video, so its timeout counts decoding only
     import torch
@@ -34,12 +35,11 @@ def worker_main(conn: Connection, settings: DecodeSettings, parent_pid: int, dea
     import redvillm.extract.sampling  # noqa: F401
 
     torch.set_num_threads(1)  # parallelism comes from the number of workers
-    _lower_priority()
     _capture_native_stderr()
     while True:
         message = conn.recv()
-        if message is None:
-            return
+        if message is None:  # nothing to flush or clean: skip the interpreter's (and torch's) slow teardown
+            os._exit(0)
         job, name = message  # name: the shared-memory block for this video's frames (None: the pipe)
         conn.send(STARTED)
         os.ftruncate(2, 0)
@@ -68,26 +68,38 @@ def _decode_job(job: DecodeJob, block: FrameBlock, settings: DecodeSettings) -> 
     return DecodeResult(job, error=error, seconds=time.perf_counter() - started)
 
 
-def _exit_with_parent(parent_pid: int, deathsig: bool) -> None:
-    """A worker must not outlive its extractor: after a kill -9 of the parent it would be
-    re-parented and, stuck on a file, run for ever. On Linux the kernel kills it with the parent
-    (PR_SET_PDEATHSIG; only asked for when spawned from the main thread, as the signal follows
-    the spawning thread); everywhere a watchdog thread exits once the parent is gone (it also
-    covers a hang that holds the GIL only where the kernel signal exists)."""
+def _exit_with_parent(extractor_pid: int, deathsig: bool) -> None:
+    """A worker must not outlive its extractor: after a kill -9 of the extractor it would be
+    re-parented and, stuck on a file, run for ever. On Linux the kernel kills it when its parent
+    exits (PR_SET_PDEATHSIG): the extractor, or the forkserver it was forked from, which exits
+    with the extractor. Everywhere, a watchdog thread exits once the extractor is gone or the
+    worker was re-parented (it also covers a hang that holds the GIL only where the kernel
+    signal exists)."""
     if deathsig and sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):
             pass  # the watchdog below still applies
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+    parent = os.getppid()
+    if parent == 1 or not _running(extractor_pid):  # gone before the signal was armed
         os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+    threading.Thread(target=_watch_parent, args=(extractor_pid, parent), daemon=True, name="parent-watchdog").start()
 
 
-def _watch_parent(parent_pid: int, every: float = 0.5) -> None:
-    while os.getppid() == parent_pid:
+def _watch_parent(extractor_pid: int, parent: int, every: float = 0.5) -> None:
+    while os.getppid() == parent and _running(extractor_pid):
         time.sleep(every)
     os._exit(1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (not ours: pid reused), still "there"
+        return True
+    return True
 
 
 def _capture_native_stderr() -> None:

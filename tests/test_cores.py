@@ -23,6 +23,45 @@ def test_auto_decoders_leave_a_core_to_feed_a_gpu_and_take_all_on_cpu():
     assert encoder_threads(None) == cpus and encoder_threads(3) == 3
 
 
+def test_ranks_on_one_machine_share_its_cpus(monkeypatch):
+    """torchrun's ranks on one box each get their share, not every CPU (8 ranks x 63 decoders)."""
+    from redvillm import distributed
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert usable_cpus(8) == 8 and auto_decode_workers(torch.device("cuda"), 8) == 7
+    assert encoder_threads(None, 8) == 8 and usable_cpus(128) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert distributed.init_from_env().local_world_size == 8
+
+
+def test_decoders_fork_from_a_server_that_imported_torch_once(tiny_llava):
+    """Workers start in milliseconds: the forkserver imported torch and decord before forking them."""
+    from redvillm.extract.decode import PRELOAD, decoder_context
+
+    assert decoder_context().get_start_method() == "forkserver"
+    assert {"torch", "decord", "redvillm.extract.worker"} <= set(PRELOAD)
+    settings = DecodeSettings(4, "uniform", "repeat", load_family(str(tiny_llava)).frame_preprocess())
+    with DecodePool(settings, num_workers=1) as pool:
+        with open(f"/proc/{pool._workers[0].process.pid}/stat") as stat:
+            parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    assert parent != os.getpid()  # the forkserver's child, not ours
+
+
+def test_a_run_refused_after_its_decoders_started_leaves_none_running(synthetic_videos, tiny_llava, tmp_path):
+    import multiprocessing
+
+    import pytest
+
+    from redvillm.errors import UserError
+
+    out = tmp_path / "notes.h5"
+    out.write_text("my notes, not a cache\n")  # refused once the encoder is loaded and the decoders started
+    cfg = ExtractConfig(str(synthetic_videos), str(out), model=str(tiny_llava), num_frames=4, device="cpu")
+    with pytest.raises(UserError, match="not a readable redvillm cache"):
+        run_extract(cfg)
+    assert multiprocessing.active_children() == []
+
+
 def test_decoders_run_at_a_lower_priority_than_the_extractor(tiny_llava, tmp_path):
     fifo = tmp_path / "stuck.mp4"
     os.mkfifo(fifo)  # opening it blocks: the worker stays alive in decode_video while we look at it
