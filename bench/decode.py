@@ -1,4 +1,4 @@
-"""Reading the sampled frames: stage one's way vs one get_batch vs fixed chunks vs seek-free reading.
+"""Reading the sampled frames: stage one's chunks vs one get_batch vs seek-free reading.
 
     python bench/decode.py [--videos 3] [--seconds 20] [--fps 30] [--keyint 250] [--frames 16,100,300]
                            [--rounds 3] [--json PATH]
@@ -8,11 +8,9 @@ Real videos are long-GOP h264 (a keyframe every few seconds), unlike the synthet
 scrolling random texture with x264 at --keyint, then times, per T in --frames, each way of
 reading the T uniformly sampled frames (decord, one thread, a fresh reader each time):
 
-    redvillm     what extract/decode.py does: the first sampled frame alone (its size decides),
-                 then as many as fit in DecodeSettings.batch_bytes per get_batch (all of them
-                 up to 1080p at T=100)
+    chunks of 16 what extract/decode.py does (DecodeSettings.chunk): get_batch over 16 indices
+                 at a time (bounds a worker's memory at 4K)
     one batch    a single get_batch of all T indices (the plain way; the reference)
-    chunks of 16 get_batch over 16 indices at a time (stage one before this bench)
     sequential   no seek at all: skip_frames to the next sampled index, then next()
 
 Every strategy must return the same frames (checked); printed: best-of-rounds wall and CPU ms
@@ -30,10 +28,12 @@ from pathlib import Path
 
 import click
 
-from redvillm.cli import command
 import numpy as np
 
-CHUNK = 16  # stage one's fixed get_batch size before the byte budget
+from redvillm.cli import command
+from redvillm.extract.decode import DecodeSettings
+
+CHUNK = DecodeSettings.chunk
 
 
 def write_clip(path: Path, seconds: int, fps: int, keyint: int, seed: int) -> None:
@@ -59,16 +59,6 @@ def _reader(path: Path):
     return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
 
 
-def redvillm(path: Path, indices: list[int]) -> np.ndarray:
-    from redvillm.extract.decode import DecodeSettings
-
-    reader = _reader(path)
-    first = reader.get_batch(indices[:1]).asnumpy()
-    step = DecodeSettings(len(indices), "uniform", "repeat", preprocess=None).frames_per_call(first[0].nbytes)
-    rest = [reader.get_batch(indices[s : s + step]).asnumpy() for s in range(1, len(indices), step)]
-    return np.concatenate([first, *rest])
-
-
 def one_batch(path: Path, indices: list[int]) -> np.ndarray:
     return _reader(path).get_batch(indices).asnumpy()
 
@@ -91,7 +81,7 @@ def sequential(path: Path, indices: list[int]) -> np.ndarray:
     return np.stack(frames)
 
 
-STRATEGIES = {"redvillm": redvillm, "one batch": one_batch, "chunks of 16": chunked, "sequential": sequential}
+STRATEGIES = {"chunks of 16": chunked, "one batch": one_batch, "sequential": sequential}
 
 
 def _cpu() -> float:
@@ -119,7 +109,7 @@ def measure(paths: list[Path], frames: list[int], rounds: int) -> dict:
                     if reference is None:
                         reference = got
                     elif not np.array_equal(got, reference):
-                        raise RuntimeError(f"{name} read other frames than redvillm from {path} at T={count}")
+                        raise RuntimeError(f"{name} read other frames than chunks of 16 from {path} at T={count}")
             for name in STRATEGIES:
                 for kind in ("wall", "cpu"):
                     best[name][kind] = min(best[name][kind], 1e3 * total[name][kind] / len(paths))

@@ -52,8 +52,8 @@ from redvillm.settings import setting
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Heavy modules are imported inside functions: decode workers are spawned, and spawn re-imports
-# this file in each of them (as it re-imports the light click module of redvillm-extract).
+# Heavy modules are imported inside functions: where decode workers are spawned (no forkserver),
+# spawn re-imports this file in each of them.
 
 VIDEO = dict(size=336, num_frames=64, fps=8)  # decoded at 336 px, resized + cropped to 224
 # Penultimate layer, as llava-1.5: the encoder runs 2 of the 3 layers. N=196 patches, D=128.
@@ -285,12 +285,26 @@ def _status_kib(pid, field: str) -> int:
 
 
 def _decode_workers(parent: int) -> list[int]:
-    """Pids of the spawned children of `parent` (multiprocessing's resource tracker excluded)."""
+    """Pids of `parent`'s decode workers: the children of its forkserver (or, where decoders are
+    spawned, its spawned children); the forkserver and the resource tracker are not counted."""
+    workers = []
+    for pid in _children(parent):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"forkserver" in command:
+            workers += _children(pid)
+        elif b"spawn_main" in command:
+            workers.append(pid)
+    return workers
+
+
+def _children(parent: int) -> list[int]:
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == parent and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
                 pids.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             pass

@@ -1,7 +1,7 @@
 """Decoding in worker processes that may hang, crash or leak without taking the run down.
 
 decord is unmaintained: on some files it hangs while holding the GIL, segfaults, or leaks
-memory. So each worker is a separate (spawned) process (extract/worker.py) that decodes one
+memory. So each worker is a separate process (extract/worker.py; forked from a forkserver) that decodes one
 video at a time, samples its frames, applies the backbone's resize/crop unless the encoder's
 device does it (DecodeSettings.resize), and hands the uint8 frames over through shared memory
 (extract/handoff.py). The parent kills a worker that exceeds the per-video timeout, replaces a
@@ -61,23 +61,17 @@ class DecodeSettings:
     sampling_rule: str
     short_videos: str
     preprocess: FramePreprocess
-    # Frames per get_batch: after the first sampled frame (which tells their size), as many as fit in
-    # batch_bytes at source resolution, so up to 1080p at T=100 a video is read in two calls (each
-    # call seeks to the keyframe before its first frame and decodes on from there: on long-GOP
-    # video, smaller calls decode the same frames again and again; bench/decode.py). `chunk` caps it.
-    batch_bytes: int = 256 << 20
-    chunk: int | None = None
+    # Frames per get_batch. decord keeps its position between calls, so chunks cost no extra seeks:
+    # measured on long-GOP 640x480 clips (bench/decode.py), chunks of 16 take as much CPU as one
+    # get_batch of all T at T=16 and 100, and 0.76x at T=300 (one big batch pays for its fresh
+    # memory), and bound a worker's memory on 4K video.
+    chunk: int = 16
     # False: the frames leave the worker at source resolution and the encoder's process resizes
     # them on its device (on a GPU, which spares the decoders about a third of their CPU work).
     resize: bool = True
     # ... except a video whose sampled source frames exceed this many bytes, resized here anyway:
     # 100 4K frames are 2.5 GB, held once per worker running ahead plus once by the encoder.
     source_budget: int = 1 << 30
-
-    def frames_per_call(self, frame_bytes: int) -> int:
-        """How many sampled frames one get_batch reads, at `frame_bytes` per source frame."""
-        fit = max(1, self.batch_bytes // frame_bytes)
-        return min(fit, self.chunk) if self.chunk else fit
 
     def resizes(self, frames: int, height: int, width: int) -> bool:
         """Whether the worker applies the geometry to `frames` sampled frames of this size."""
@@ -121,18 +115,15 @@ def decode_video(path: Path, settings: DecodeSettings, allocate=np.empty) -> tup
     if total == 0:
         raise ValueError("no decodable video frames")
     indices = sample_indices(total, settings.num_frames, settings.sampling_rule, settings.short_videos)
-    frames = resize = None  # known once the first frame is decoded: its size decides
-    start, step = 0, 1
-    while start < len(indices):
-        batch = reader.get_batch(indices[start : start + step].tolist()).asnumpy()  # (c, H, W, 3)
+    frames = resize = None  # known once the first frames are decoded: their size decides
+    for start in range(0, len(indices), settings.chunk):
+        batch = reader.get_batch(indices[start : start + settings.chunk].tolist()).asnumpy()  # (c, H, W, 3)
         if resize is None:
             resize = settings.resizes(len(indices), *batch.shape[1:3])
-            step = settings.frames_per_call(batch[0].nbytes)
         part = resize_and_crop(torch.from_numpy(batch), settings.preprocess).numpy() if resize else batch
         if frames is None:
             frames = allocate((len(indices), *part.shape[1:]))
         frames[start : start + len(part)] = part
-        start += len(part)
     height, width = batch.shape[1:3]
     fps = float(reader.get_avg_fps())
     meta = {

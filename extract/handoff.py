@@ -12,7 +12,7 @@ Who removes a block, so none is left in /dev/shm:
 - the parent when it kills a worker (timeout) or finds it dead: the parent chose the block's
   name when it sent the job, so it can remove a block the worker never got to report (``discard``);
 - the multiprocessing resource tracker when the parent dies: the worker's block is registered
-  with it at creation, and the tracker (shared by the parent and its spawned workers) unlinks
+  with it at creation, and the tracker (shared by the parent and its workers) unlinks
   what is still registered once all of them are gone. A block the parent removed is
   unregistered by that removal, so the tracker neither warns nor unlinks early.
 When /dev/shm has no room for a video (a container's 64 MB default), the frames go down the pipe.

@@ -112,7 +112,7 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     `notify` gets one line per thing the user should know before the run goes on (a damaged
     shard set aside, an index to rebuild, the disk space the run needs); default: logged.
 
-    Decoders are spawned processes: a script calling this must guard its own top level with
+    Decoders are separate processes that import the calling script anew: it must guard its own top level with
     ``if __name__ == "__main__":`` (as any multiprocessing program must).
     """
     from redvillm.extract.convert import CachedSource, is_cache
