@@ -101,3 +101,17 @@ def test_the_load_line_names_the_busier_side_or_start_up():
     assert "the limit was the encoder" in summary.load_line()
     summary.decode_seconds, summary.encode_seconds = 0.1, 0.1
     assert "start-up" in summary.load_line()
+
+
+def test_decoders_resize_a_few_frames_at_a_time_to_the_same_pixels(tiny_llava, monkeypatch):
+    """Resizing in small batches (heap-reused float buffers: a third less CPU at 480p) changes
+    no pixel: the frames of a chunk come out as resize_and_crop gives them all at once."""
+    import numpy as np
+
+    from redvillm.extract import decode
+    from redvillm.frames import resize_and_crop
+
+    spec = load_family(str(tiny_llava)).frame_preprocess()
+    frames = torch.randint(0, 256, (7, 90, 120, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(decode, "RESIZE_BYTES", 3 * frames[0].numel() * 4)  # three frames per batch: 3 + 3 + 1
+    assert np.array_equal(decode._resize(frames, spec), resize_and_crop(frames, spec).numpy())
