@@ -124,11 +124,7 @@ def measure_throughput(root: Path, model: Path, args) -> dict:
     from redvillm.extract.decode import DecodeSettings
     from redvillm.extract.pipeline import encode_frames, run_extract
     from redvillm.families.registry import load_family
-    from redvillm.memory import pin_mmap_threshold
 
-    # run_extract pins glibc's mmap threshold for its whole process (this one): do it first, so
-    # that encode alone runs under the same allocator in every round, not only after round one.
-    pin_mmap_threshold()
     videos = make_videos(root / "synthetic", args.videos, VIDEO)
     cfg = make_config(videos, root / "unused.h5", model, args.frames, args.workers)
     device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)

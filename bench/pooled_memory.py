@@ -37,10 +37,9 @@ def run_store(store: str, videos: int, batch: int) -> None:
     from redvillm.cache import CacheInfo
     from redvillm.extract.store import ShardWriter
     from redvillm.families.common import mean_pool
-    from redvillm.memory import pin_mmap_threshold
+    from redvillm.memory import trim_heap
     from redvillm.pooled_sets import RunningPool
 
-    pin_mmap_threshold()  # as run_extract does
     torch.set_num_threads(1)
     t, n, d = SHAPE["frames"], SHAPE["patches"], SHAPE["width"]
     info = CacheInfo("llava", "bench", None, {}, (336, 336), t, n, d, "uniform", "repeat", "float32", "0",
@@ -63,6 +62,7 @@ def run_store(store: str, videos: int, batch: int) -> None:
                     running.add(tokens.numpy())
                     del tokens  # as encode_pooled does
                 writer.add_pooled(f"v{video}", running.result(), {})
+            trim_heap()  # as run_extract does after each video
         writer.close_shard()
     print((_rss_kb("VmHWM") - start) * 1024)
 

@@ -23,7 +23,7 @@ import torch
 
 import redvillm
 from redvillm import distributed
-from redvillm.memory import pin_mmap_threshold
+from redvillm.memory import trim_heap
 from redvillm.cache import RAW, CacheInfo
 from redvillm.errors import UserError
 from redvillm.extract.config import ExtractConfig
@@ -117,7 +117,6 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     """
     from redvillm.extract.convert import CachedSource, is_cache
 
-    pin_mmap_threshold()  # flat memory over many videos (redvillm/memory.py)
     started = time.perf_counter()
     dist_info = distributed.init_from_env()
     rank, world = _partition(cfg, dist_info)
@@ -225,8 +224,11 @@ def _extract_locked(cfg: ExtractConfig, source, progress, notify, dist_info, ran
         with source.outcomes(todo, retry) as outcomes:
             for i, outcome in enumerate(outcomes, 1):
                 _store(outcome, cfg, store, writer, summary, dist_info)
+                video_id = outcome.video_id
+                del outcome  # its tokens: freed before the heap is trimmed
+                trim_heap()  # flat memory over many videos (redvillm/memory.py)
                 if progress:
-                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures), outcome.video_id))
+                    progress(ExtractProgress(i, len(todo), summary.frames, len(summary.failures), video_id))
         if isinstance(source, EncodedSource):
             summary.decode_workers, summary.decode_seconds = source.decode_workers, source.decode_seconds
             summary.encode_seconds = source.encode_seconds
