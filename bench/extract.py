@@ -1,5 +1,8 @@
 """Stage-one benchmark: does ``run_extract`` cost more than decoding plus encoding?
 
+(Defaults against hand-tuned splits, a serial extractor and decoding alone, decode-bound and
+encoder-bound, with the scaling from one to every decoder: bench/extract_regimes.py.)
+
     python bench/extract.py [--videos 24] [--frames 32] [--workers 2] [--threads 2] [--rounds 3]
                             [--out-dir DIR] [--json PATH]
 
