@@ -308,11 +308,21 @@ def encode_batches(encoder, frames: torch.Tensor, batch_size: int, device: torch
 
     with torch.inference_mode():
         for start in range(0, frames.shape[0], batch_size):
-            batch = frames[start : start + batch_size].to(device, non_blocking=True)
+            batch = to_device(frames[start : start + batch_size], device)
             if resize:
                 batch = resize_and_crop(batch, preprocess)  # (b, H, W, 3) -> (b, 3, h, w)
             pixel_values = normalize(batch, preprocess, dtype)  # (b, 3, h, w)
             yield encoder(pixel_values).to("cpu", torch.float16)  # (b, N, D)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One batch of frames onto the encoder's device. For a GPU they are staged in page-locked
+    memory first (torch's caching host allocator reuses it batch after batch), so the copy is a
+    direct DMA that does not block this thread; from pageable memory (the decoders' shared blocks)
+    the driver would stage it itself, synchronously. On CPU: the batch itself."""
+    if device.type != "cuda":
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 def encode_frames(encoder, frames: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from redvillm.extract.config import ExtractConfig
@@ -49,8 +51,6 @@ def test_decoders_fork_from_a_server_that_imported_torch_once(tiny_llava):
 
 def test_a_run_refused_after_its_decoders_started_leaves_none_running(synthetic_videos, tiny_llava, tmp_path):
     import multiprocessing
-
-    import pytest
 
     from redvillm.errors import UserError
 
@@ -106,8 +106,6 @@ def test_the_load_line_names_the_busier_side_or_start_up():
 def test_decoders_resize_a_few_frames_at_a_time_to_the_same_pixels(tiny_llava, monkeypatch):
     """Resizing in small batches (heap-reused float buffers: a third less CPU at 480p) changes
     no pixel: the frames of a chunk come out as resize_and_crop gives them all at once."""
-    import numpy as np
-
     from redvillm.extract import decode
     from redvillm.frames import resize_and_crop
 
@@ -115,3 +113,27 @@ def test_decoders_resize_a_few_frames_at_a_time_to_the_same_pixels(tiny_llava, m
     frames = torch.randint(0, 256, (7, 90, 120, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(decode, "RESIZE_BYTES", 3 * frames[0].numel() * 4)  # three frames per batch: 3 + 3 + 1
     assert np.array_equal(decode._resize(frames, spec), resize_and_crop(frames, spec).numpy())
+
+
+def test_frames_reach_a_cpu_encoder_without_a_copy():
+    from redvillm.extract.pipeline import to_device
+
+    frames = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    assert to_device(frames, torch.device("cpu")) is frames
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (this project's machines have none)")
+def test_frames_reach_a_gpu_encoder_through_page_locked_memory(tiny_llava, monkeypatch):
+    from redvillm.extract.pipeline import encode_frames
+
+    family = load_family(str(tiny_llava))
+    spec = family.frame_preprocess()
+    frames = torch.randint(0, 256, (5, 3, *spec.fixed_output_hw()), dtype=torch.uint8)
+    pinned, pin = [], torch.Tensor.pin_memory
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(1) or pin(self, *a))
+    on_gpu = encode_frames(family.load_frame_encoder(torch.device("cuda"), torch.float32), frames, 2,
+                           torch.device("cuda"), torch.float32, spec)
+    on_cpu = encode_frames(family.load_frame_encoder(torch.device("cpu"), torch.float32), frames, 2,
+                           torch.device("cpu"), torch.float32, spec)
+    assert len(pinned) == 3  # one per batch of 2 frames
+    assert np.allclose(on_gpu.astype(np.float32), on_cpu.astype(np.float32), atol=2e-2)
