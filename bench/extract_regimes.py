@@ -171,7 +171,8 @@ def measure(root: Path, regime: str, videos: int, frames: int) -> dict:
     best = next(name for name, r in rows.items() if r is tuned)
     return dict(rows=rows, best=best, default_vs_best=rows["default"]["wall_s"] / tuned["wall_s"],
                 default_vs_serial=rows["default"]["wall_s"] / rows["serial"]["wall_s"],
-                default_vs_floor=rows["default"]["wall_s"] / rows["decode floor"]["wall_s"], videos=videos, frames=frames)
+                default_vs_floor=rows["default"]["wall_s"] / rows["decode floor"]["wall_s"],
+                videos=videos, frames=frames)
 
 
 def report(regime: str, result: dict) -> None:

@@ -1,13 +1,13 @@
 """Decoding in worker processes that may hang, crash or leak without taking the run down.
 
 decord is unmaintained: on some files it hangs while holding the GIL, segfaults, or leaks
-memory. So each worker is a separate process (extract/worker.py; forked from a forkserver) that decodes one
-video at a time, samples its frames, applies the backbone's resize/crop unless the encoder's
-device does it (DecodeSettings.resize), and hands the uint8 frames over through shared memory
-(extract/handoff.py). The parent kills a worker that exceeds the per-video timeout, replaces a
-worker that died, and recycles every worker after ``recycle_after`` videos. A worker exits when
-the parent dies (killed or crashed): it never lingers, re-parented, on a stuck file. While the
-parent encodes one video, the workers are already decoding the next ones.
+memory. So each worker is a separate process (extract/worker.py, forked from a forkserver)
+that decodes one video at a time, samples its frames, applies the backbone's resize/crop unless
+the encoder's device does it (DecodeSettings.resize), and hands the uint8 frames over through
+shared memory (extract/handoff.py). The parent kills a worker that exceeds the per-video
+timeout, replaces a worker that died, and recycles every worker after ``recycle_after`` videos.
+A worker exits when the parent dies (killed or crashed): it never lingers, re-parented, on a
+stuck file. While the parent encodes one video, the workers are already decoding the next ones.
 """
 
 from __future__ import annotations
@@ -222,8 +222,9 @@ class DecodePool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        # The kernel's death signal follows the thread that forked: the forkserver's only thread, or ours.
-        deathsig = self._ctx.get_start_method() == "forkserver" or threading.current_thread() is threading.main_thread()
+        # The kernel's death signal follows the thread that forked: the forkserver's only one, or ours.
+        forked_by_server = self._ctx.get_start_method() == "forkserver"
+        deathsig = forked_by_server or threading.current_thread() is threading.main_thread()
         process = self._ctx.Process(target=worker_main, args=(child, self.settings, os.getpid(), deathsig),
                                     daemon=True)
         process.start()

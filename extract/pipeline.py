@@ -112,8 +112,8 @@ def run_extract(cfg: ExtractConfig, progress: Callable[[ExtractProgress], None] 
     `notify` gets one line per thing the user should know before the run goes on (a damaged
     shard set aside, an index to rebuild, the disk space the run needs); default: logged.
 
-    Decoders are separate processes that import the calling script anew: it must guard its own top level with
-    ``if __name__ == "__main__":`` (as any multiprocessing program must).
+    Decoders are separate processes that import the calling script anew: it must guard its own
+    top level with ``if __name__ == "__main__":`` (as any multiprocessing program must).
     """
     from redvillm.extract.convert import CachedSource, is_cache
 
@@ -136,6 +136,7 @@ class EncodedSource:
         self.cfg = cfg
         self.videos: list[Video] = find_videos(cfg.videos)
         self.decode_workers, self.decode_seconds, self.encode_seconds = 0, 0.0, 0.0  # for the summary
+        self.pool: DecodePool | None = None  # started by prepare
 
     def prepare(self, dist_info, mine: list[Video]) -> None:
         """Load the encoder and start the decoders (after OUT is locked); sets `info` and `size`.
@@ -178,7 +179,7 @@ class EncodedSource:
             self.decode_seconds = self.pool.decode_seconds
 
     def close(self) -> None:
-        if hasattr(self, "pool"):
+        if self.pool is not None:
             self.pool.close()
 
     def _outcome(self, result: DecodeResult) -> Outcome:
