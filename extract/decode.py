@@ -344,10 +344,6 @@ class DecodePool:
         if worker.block is not None:
             discard(worker.block)
 
-    @property
-    def size(self) -> int:
-        return len(self._workers)
-
     def close(self) -> None:
         """Kill the busy workers; the idle ones are all told to exit first, then reaped."""
         idle = [w for w in self._workers if w.job is None]

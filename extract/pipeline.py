@@ -136,16 +136,16 @@ class EncodedSource:
         self.cfg = cfg
         self.videos: list[Video] = find_videos(cfg.videos)
         self.decode_workers, self.decode_seconds, self.encode_seconds = 0, 0.0, 0.0  # for the summary
-        self.pool: DecodePool | None = None  # started by prepare
 
     def prepare(self, dist_info, mine: list[Video]) -> None:
-        """Load the encoder and start the decoders (after OUT is locked); sets `info` and `size`.
+        """Load the encoder (after OUT is locked); sets `info` and `size`.
 
         The decoders' imports (torch and decord: seconds) run in the forkserver while the encoder
-        loads, instead of delaying the first video (extract/decode.py)."""
+        loads, so that outcomes() forks its decoders at once (extract/decode.py)."""
         cfg = self.cfg
         if mine:
             warm_up_decoders()
+        self.ranks_here = dist_info.local_world_size
         self.device = distributed.resolve_device(cfg.device, dist_info)
         self.dtype = distributed.resolve_dtype(cfg.dtype, self.device)
         if self.device.type == "cpu":  # every core: decoders yield (extract/cores.py)
@@ -153,34 +153,29 @@ class EncodedSource:
         self.family = load_family(cfg.model, cfg.revision, cfg.image_size)
         self.preprocess = self.family.frame_preprocess()
         self.encoder = self.family.load_frame_encoder(self.device, self.dtype)
-        self.pool = self._start_decoders(dist_info, len(mine))
         self.info = _cache_info(cfg, self.family, self.encoder, self.preprocess, self.dtype)
         units, width = self.encoder.num_patches, self.encoder.hidden_size
         if cfg.store != RAW:
             units, width = pooled_shape(self.family.pool, units, width)
         self.size = StoredSize(cfg.store, cfg.num_frames, units, width)
 
-    def _start_decoders(self, dist_info, videos: int) -> DecodePool:
+    @contextmanager
+    def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
         cfg = self.cfg
         settings = DecodeSettings(cfg.num_frames, cfg.sampling, cfg.short_videos, self.preprocess,
                                   resize=resize_in_workers(self.device, cfg.resize_on))
-        wanted = (auto_decode_workers(self.device, dist_info.local_world_size) if cfg.decode_workers == "auto"
-                  else cfg.decode_workers)
-        # Before the cache is read, the videos left are unknown: those of this rank bound the count.
-        return DecodePool(settings, min(wanted, videos), cfg.decode_timeout, cfg.recycle_after)
-
-    @contextmanager
-    def outcomes(self, todo: list[Video], retry: set[str]) -> Iterator[Iterator[Outcome]]:
         jobs = (DecodeJob(v.video_id, v.path, retry=v.video_id in retry) for v in todo)
-        self.decode_workers = min(self.pool.size, len(todo))  # none at all when everything is cached
-        try:
-            yield (self._outcome(result) for result in self.pool.imap(jobs))
-        finally:
-            self.decode_seconds = self.pool.decode_seconds
+        wanted = (auto_decode_workers(self.device, self.ranks_here) if cfg.decode_workers == "auto"
+                  else cfg.decode_workers)
+        self.decode_workers = min(wanted, len(todo))  # none at all when everything is cached
+        with DecodePool(settings, self.decode_workers, cfg.decode_timeout, cfg.recycle_after) as pool:
+            try:
+                yield (self._outcome(result) for result in pool.imap(jobs))
+            finally:
+                self.decode_seconds = pool.decode_seconds
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+        """Nothing is held between calls: the decoders live and end inside outcomes()."""
 
     def _outcome(self, result: DecodeResult) -> Outcome:
         job = result.job

@@ -34,11 +34,12 @@ def trim_heap() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _glibc():
+    """The C library if it is glibc (has malloc_trim and mallopt), else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.malloc_trim  # noqa: B018 - musl and other libcs have none
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - musl and other libcs lack them
     except (OSError, AttributeError):
         return None
     return libc
@@ -47,12 +48,7 @@ def _glibc():
 def pin_mmap_threshold(size: int = 1 << 20) -> bool:
     """Blocks of `size` bytes and more are mmapped and given back on free (glibc only; else a no-op)."""
     global _done
-    if _done or not sys.platform.startswith("linux"):
-        return _done
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
+    libc = _glibc()
+    if not _done and libc is not None:
         _done = bool(libc.mallopt(M_MMAP_THRESHOLD, size))
-    except (OSError, AttributeError):  # musl or another libc without mallopt
-        _done = False
     return _done

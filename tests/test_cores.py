@@ -49,13 +49,13 @@ def test_decoders_fork_from_a_server_that_imported_torch_once(tiny_llava):
     assert parent != os.getpid()  # the forkserver's child, not ours
 
 
-def test_a_run_refused_after_its_decoders_started_leaves_none_running(synthetic_videos, tiny_llava, tmp_path):
+def test_a_refused_run_leaves_no_decoder_running(synthetic_videos, tiny_llava, tmp_path):
     import multiprocessing
 
     from redvillm.errors import UserError
 
     out = tmp_path / "notes.h5"
-    out.write_text("my notes, not a cache\n")  # refused once the encoder is loaded and the decoders started
+    out.write_text("my notes, not a cache\n")  # refused once the encoder is loaded and the forkserver warm
     cfg = ExtractConfig(str(synthetic_videos), str(out), model=str(tiny_llava), num_frames=4, device="cpu")
     with pytest.raises(UserError, match="not a readable redvillm cache"):
         run_extract(cfg)
